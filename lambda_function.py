@@ -1,0 +1,21 @@
+"""Lambda entry point: `lambda_function.lambda_handler`.
+
+The service (model, clients) is built once per container, during Lambda's init phase: a
+model that cannot be loaded fails the init with an error naming the URI, not the first batch.
+"""
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from model_service import build_service
+from settings import Settings
+
+settings = Settings.from_env()
+logger = Logger(service="ride-duration-prediction", level=settings.log_level)
+service = build_service(settings, logger)
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return service.handle(event, context)

@@ -1,0 +1,232 @@
+"""Load the ride-duration model once per container, from any MLflow model URI.
+
+Fast path (the usual case): an MLflow model whose `sklearn` flavour was saved with pickle,
+cloudpickle or skops is read directly from its `MLmodel` file and deserialised, and an
+`s3://` model is fetched with boto3. `mlflow` itself is imported only for `runs:/` and
+`models:/` URIs (they need the tracking server) and for other flavours (`mlflow.pyfunc`).
+Measured on this project's model (benchmarks/README.md): importing `mlflow.pyfunc` alone
+costs about 2 s of cold start, as much again as scikit-learn itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import yaml
+
+from ride_events import ModelInfo
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message names the URI and the reason."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"cannot load model from {uri!r}: {reason}")
+        self.uri = uri
+        self.reason = reason
+
+
+class Predictor(Protocol):
+    def predict(self, features: list[dict[str, Any]]) -> Sequence[float]: ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to predict, what it is, and what loading it cost."""
+
+    predictor: Predictor
+    info: ModelInfo
+    flavor: str
+    local_dir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def predict(self, features: list[dict[str, Any]]) -> Sequence[float]:
+        return self.predictor.predict(features)
+
+
+def load_model(uri: str, cache_dir: Path, s3_client_factory: Callable[[], Any] | None = None) -> LoadedModel:
+    """Fetch (or reuse from the cache) the model directory, then deserialise it."""
+    started = time.perf_counter()
+    try:
+        local_dir, registry_version = fetch_model_dir(uri, cache_dir, s3_client_factory)
+        fetched = time.perf_counter()
+        mlmodel = read_mlmodel(local_dir)
+        predictor, flavor = deserialise(local_dir, mlmodel)
+    except ModelLoadError as error:
+        where = "" if error.uri == uri else f"{error.uri}: "
+        raise ModelLoadError(uri, where + error.reason) from error
+    except Exception as error:  # any failure here must name the URI
+        raise ModelLoadError(uri, f"{type(error).__name__}: {error}") from error
+    loaded = time.perf_counter()
+    run_id = mlmodel.get("run_id")
+    version = registry_version or run_id or mlmodel.get("model_id") or "unknown"
+    return LoadedModel(
+        predictor=predictor,
+        info=ModelInfo(uri=uri, version=str(version), run_id=run_id),
+        flavor=flavor,
+        local_dir=local_dir,
+        timings={"fetch_s": fetched - started, "deserialise_s": loaded - fetched},
+    )
+
+
+def fetch_model_dir(
+    uri: str, cache_dir: Path, s3_client_factory: Callable[[], Any] | None
+) -> tuple[Path, str | None]:
+    """A local directory holding the model, and its registry version when the URI has one."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file"):
+        path = Path(urlparse(uri).path if scheme == "file" else uri).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(uri, f"{path} is not a directory")
+        return path, read_registry_version(path)
+    if scheme == "s3":
+        if s3_client_factory is None:
+            raise ModelLoadError(uri, "no S3 client available")
+        return download_s3_model(s3_client_factory(), uri, cache_dir), None
+    return download_with_mlflow(uri, cache_dir)
+
+
+def download_s3_model(client: Any, uri: str, cache_dir: Path) -> Path:
+    """Copy every object under the s3:// prefix; reuse the copy when nothing changed."""
+    parsed = urlparse(uri)
+    bucket, prefix = parsed.netloc, parsed.path.lstrip("/").rstrip("/") + "/"
+    objects = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects.extend(page.get("Contents", []))
+    if not objects:
+        raise ModelLoadError(uri, f"no objects under s3://{bucket}/{prefix}")
+    manifest = "\n".join(f"{o['Key']} {o.get('ETag', '')} {o['Size']}" for o in objects)
+    target = cache_dir / ("s3-" + hashlib.sha256(f"{bucket}/{prefix}\n{manifest}".encode()).hexdigest()[:24])
+    if target.is_dir():
+        return target
+
+    def download(staging: Path) -> None:
+        for obj in objects:
+            destination = staging / obj["Key"][len(prefix) :]
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], str(destination))
+
+    return _populate(target, download)
+
+
+def download_with_mlflow(uri: str, cache_dir: Path) -> tuple[Path, str | None]:
+    """runs:/, models:/ and any other scheme MLflow knows, through MLflow's own resolution."""
+    from mlflow.artifacts import download_artifacts  # noqa: PLC0415 - keeps mlflow off the fast path
+
+    # A progress bar per file is noise in CloudWatch logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    resolved = resolve_registry_alias(uri)
+    target = cache_dir / ("mlflow-" + hashlib.sha256(resolved.encode()).hexdigest()[:24])
+    if not target.is_dir():
+        _populate(target, lambda staging: _download_into(download_artifacts, resolved, staging))
+    return target, read_registry_version(target) or _version_in_uri(resolved)
+
+
+def _download_into(download_artifacts: Callable[..., str], uri: str, staging: Path) -> None:
+    downloaded = Path(download_artifacts(artifact_uri=uri, dst_path=str(staging)))
+    if downloaded != staging:  # runs:/<id>/model lands in staging/model
+        for item in downloaded.iterdir():
+            shutil.move(str(item), staging / item.name)
+        downloaded.rmdir()
+
+
+def resolve_registry_alias(uri: str) -> str:
+    """models:/name@alias -> models:/name/<version>: an alias may move, a version never does."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return uri
+    from mlflow import MlflowClient  # noqa: PLC0415
+
+    name, alias = uri.removeprefix("models:/").split("@", 1)
+    version = MlflowClient().get_model_version_by_alias(name, alias.strip("/")).version
+    return f"models:/{name}/{version}"
+
+
+def _version_in_uri(uri: str) -> str | None:
+    if uri.startswith("models:/"):
+        parts = uri.removeprefix("models:/").strip("/").split("/")
+        if len(parts) == 2 and parts[1].isdigit():
+            return parts[1]
+    return None
+
+
+def _populate(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a staging folder, then move it into place, so a cache entry is never half-written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    try:
+        fill(staging)
+        os.replace(staging, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_mlmodel(local_dir: Path) -> dict[str, Any]:
+    path = local_dir / "MLmodel"
+    if not path.is_file():
+        raise ModelLoadError(str(local_dir), "no MLmodel file: is this an MLflow model directory?")
+    mlmodel = yaml.safe_load(path.read_text())
+    if not isinstance(mlmodel, dict) or not isinstance(mlmodel.get("flavors"), dict):
+        raise ModelLoadError(str(local_dir), "MLmodel has no flavors section")
+    return mlmodel
+
+
+def read_registry_version(local_dir: Path) -> str | None:
+    """The registry version MLflow records when it downloads a models:/ URI."""
+    path = local_dir / "registered_model_meta"
+    if not path.is_file():
+        return None
+    version = (yaml.safe_load(path.read_text()) or {}).get("model_version")
+    return str(version) if version is not None else None
+
+
+def deserialise(local_dir: Path, mlmodel: dict[str, Any]) -> tuple[Predictor, str]:
+    sklearn_flavor = mlmodel["flavors"].get("sklearn")
+    if sklearn_flavor and sklearn_flavor.get("pickled_model"):
+        model_file = local_dir / sklearn_flavor["pickled_model"]
+        serialization = sklearn_flavor.get("serialization_format", "cloudpickle")
+        if serialization in ("pickle", "cloudpickle"):
+            # Executes code from the file: trust boundary is whoever can write the model
+            # bucket. ~0.1 ms for the course pipeline (skops: ~1 s more, see load_skops).
+            with model_file.open("rb") as handle:
+                return pickle.load(handle), f"sklearn/{serialization}"  # noqa: S301
+        if serialization == "skops":
+            return load_skops(model_file, sklearn_flavor.get("skops_trusted_types") or []), "sklearn/skops"
+    return load_pyfunc(local_dir), "pyfunc"
+
+
+def load_skops(model_file: Path, trusted: list[str]) -> Predictor:
+    """skops never runs code from the file, but `import skops.io` alone adds ~0.9 s to cold start."""
+    import skops.io  # noqa: PLC0415
+
+    untrusted = [t for t in skops.io.get_untrusted_types(file=model_file) if t not in trusted]
+    if untrusted:
+        raise ModelLoadError(str(model_file), f"skops file holds untrusted types {untrusted}")
+    return skops.io.load(model_file, trusted=trusted)
+
+
+def load_pyfunc(local_dir: Path) -> Predictor:
+    """Any other MLflow flavour, through mlflow.pyfunc (which needs pandas and full mlflow)."""
+    try:
+        import mlflow.pyfunc  # noqa: PLC0415
+    except ImportError as error:
+        raise ModelLoadError(
+            str(local_dir),
+            f"not an sklearn model, and mlflow.pyfunc cannot be imported ({error}); "
+            "add mlflow's pyfunc dependencies (pandas) to the runtime set",
+        ) from error
+    # Given the same list of feature dicts as the sklearn path, as the course's pyfunc call was.
+    return mlflow.pyfunc.load_model(str(local_dir))

@@ -1,0 +1,221 @@
+"""The events this function reads and writes, and how a Kinesis record becomes a ride.
+
+Input (course format, extra fields ignored)::
+
+    {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 256}
+
+Output (course format plus tracing fields)::
+
+    {"model": "ride_duration_prediction_model", "version": "...",
+     "prediction": {"ride_duration": 18.2, "ride_id": 256},
+     "model_uri": "...", "run_id": "...",
+     "source": {"event_id": "shardId-...:49..", "sequence_number": "49..", ...}}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+
+MODEL_NAME = "ride_duration_prediction_model"
+
+# A Kinesis partition key is 1-256 Unicode characters; the ride id becomes the output's key.
+MAX_PARTITION_KEY_LENGTH = 256
+
+
+class PoisonRecordError(ValueError):
+    """A record that no retry can fix: its reason says which check failed."""
+
+
+def _ride_id(value: object) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be an integer or a string (got {type(value).__name__})")
+    if not 1 <= len(str(value)) <= MAX_PARTITION_KEY_LENGTH:
+        raise ValueError(f"must be 1-{MAX_PARTITION_KEY_LENGTH} characters long as text")
+    return value
+
+
+RideId = Annotated[int | str, PlainValidator(_ride_id)]
+
+
+class Ride(BaseModel):
+    """The ride's features, as producers send them (TLC column names)."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    PULocationID: Annotated[int, Field(gt=0, description="TLC pick-up zone id")]
+    DOLocationID: Annotated[int, Field(gt=0, description="TLC drop-off zone id")]
+    trip_distance: Annotated[float, Field(ge=0, allow_inf_nan=False, description="miles")]
+
+
+class RideEvent(BaseModel):
+    """One input record: a ride and the id that ties its prediction back to it."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    ride: Ride
+    ride_id: RideId
+
+
+@dataclass(frozen=True, slots=True)
+class KinesisRecord:
+    """A thin view over one record of the event Lambda hands a Kinesis consumer."""
+
+    raw: dict[str, Any]
+
+    @property
+    def kinesis(self) -> dict[str, Any]:
+        """The `kinesis` part: data, partitionKey, sequenceNumber, arrival time."""
+        value = self.raw.get("kinesis")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def sequence_number(self) -> str:
+        """Position of the record in its shard; what ReportBatchItemFailures names."""
+        return str(self.kinesis.get("sequenceNumber", ""))
+
+    @property
+    def partition_key(self) -> str:
+        """The producer's partition key."""
+        return str(self.kinesis.get("partitionKey", ""))
+
+    @property
+    def data(self) -> str:
+        """The producer's bytes, base64-encoded by Lambda."""
+        value = self.kinesis.get("data", "")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def event_id(self) -> str:
+        """`shardId-...:<sequenceNumber>`: unique per record, the de-duplication key."""
+        return str(self.raw.get("eventID", ""))
+
+    @property
+    def shard_id(self) -> str:
+        """The shard the record came from (taken from eventID)."""
+        return self.event_id.partition(":")[0]
+
+    @property
+    def event_source_arn(self) -> str:
+        """ARN of the input stream."""
+        return str(self.raw.get("eventSourceARN", ""))
+
+    @property
+    def approximate_arrival_timestamp(self) -> float | None:
+        """When Kinesis accepted the record (epoch seconds)."""
+        value = self.kinesis.get("approximateArrivalTimestamp")
+        return float(value) if isinstance(value, int | float) else None
+
+    def source(self) -> dict[str, Any]:
+        """Where a record came from: enough to de-duplicate, trace and re-read it."""
+        return {
+            "event_id": self.event_id,
+            "sequence_number": self.sequence_number,
+            "shard_id": self.shard_id,
+            "event_source_arn": self.event_source_arn,
+        }
+
+
+def decode_ride_event(record: KinesisRecord) -> RideEvent:
+    """base64 -> UTF-8 -> JSON -> validated ride; a PoisonRecordError names what failed."""
+    try:
+        payload = base64.b64decode(record.data, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise PoisonRecordError(f"data is not valid base64: {error}") from None
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise PoisonRecordError(
+            f"data is not UTF-8: byte 0x{payload[error.start]:02x} at offset {error.start}"
+        ) from None
+    try:
+        return RideEvent.model_validate_json(text)
+    except ValidationError as error:
+        raise PoisonRecordError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each failing field and why, without echoing the payload's values."""
+    problems = error.errors(include_url=False, include_input=False)
+    if any(problem["type"] == "json_invalid" for problem in problems):
+        return f"data is not JSON: {problems[0]['msg'].removeprefix('Invalid JSON: ')}"
+    parts = []
+    for problem in problems:
+        field = ".".join(str(part) for part in problem["loc"]) or "event"
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
+    return "invalid ride event: " + "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Identifies the model a prediction came from."""
+
+    uri: str
+    version: str
+    run_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionEvent:
+    """One prediction, in the course's output format plus tracing fields."""
+
+    ride_id: int | str
+    ride_duration: float
+    model: ModelInfo
+    source: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": MODEL_NAME,
+            "version": self.model.version,
+            "prediction": {"ride_duration": self.ride_duration, "ride_id": self.ride_id},
+            "model_uri": self.model.uri,
+            "run_id": self.model.run_id,
+            "source": self.source,
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+    @property
+    def partition_key(self) -> str:
+        return str(self.ride_id)
+
+
+# A dead letter must fit in one Kinesis record (1 MiB with its key); the input record may
+# already be 1 MiB, so past this size the raw data is cut and marked as truncated. The full
+# record stays readable on the input stream by shard and sequence number until it expires.
+MAX_DEAD_LETTER_DATA_CHARS = 700 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record no retry can fix, with why, and where to find it again."""
+
+    record: KinesisRecord
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.record.data
+        truncated = len(data) > MAX_DEAD_LETTER_DATA_CHARS
+        return {
+            "reason": self.reason,
+            "data": data[:MAX_DEAD_LETTER_DATA_CHARS],
+            "data_truncated": truncated,
+            "partition_key": self.record.partition_key,
+            "approximate_arrival_timestamp": self.record.approximate_arrival_timestamp,
+            "source": self.record.source(),
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @property
+    def partition_key(self) -> str:
+        return self.record.partition_key or self.record.sequence_number or "unknown"

@@ -1,0 +1,82 @@
+"""Configuration, read once from environment variables (the README's table lists them all)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kinesis_output import RetryPolicy
+
+
+class ConfigurationError(ValueError):
+    """An environment variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    predictions_stream: str
+    dead_letter_stream: str | None
+    model_uri: str
+    model_cache_dir: Path
+    put_records_retry: RetryPolicy
+    log_level: str
+    kinesis_endpoint_url: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            predictions_stream=env.get("PREDICTIONS_STREAM_NAME") or "ride_predictions",
+            dead_letter_stream=env.get("DEAD_LETTER_STREAM_NAME") or None,
+            model_uri=model_uri_from_env(env),
+            model_cache_dir=Path(env.get("MODEL_CACHE_DIR") or "/tmp/model-cache"),  # noqa: S108
+            put_records_retry=RetryPolicy(
+                max_attempts=_int(env, "PUT_RECORDS_MAX_ATTEMPTS", 5, minimum=1),
+                base_delay=_int(env, "PUT_RECORDS_BASE_DELAY_MS", 100, minimum=0) / 1000,
+                max_delay=_int(env, "PUT_RECORDS_MAX_DELAY_MS", 2000, minimum=0) / 1000,
+            ),
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            kinesis_endpoint_url=kinesis_endpoint_url(env),
+        )
+
+
+def model_uri_from_env(env: Mapping[str, str]) -> str:
+    """MODEL_URI, else the course's MODEL_LOCATION, else its RUN_ID + bucket + experiment."""
+    if uri := env.get("MODEL_URI"):
+        return uri
+    if location := env.get("MODEL_LOCATION"):
+        return location
+    if run_id := env.get("RUN_ID"):
+        bucket = env.get("MODEL_BUCKET")
+        if not bucket:
+            raise ConfigurationError("RUN_ID is set but MODEL_BUCKET is not: set both, or MODEL_URI")
+        experiment = env.get("MLFLOW_EXPERIMENT_ID") or "1"
+        return f"s3://{bucket}/{experiment}/{run_id}/artifacts/model"
+    raise ConfigurationError(
+        "no model configured: set MODEL_URI (a directory, s3://..., runs:/..., models:/...)"
+    )
+
+
+def kinesis_endpoint_url(env: Mapping[str, str]) -> str | None:
+    """The course's KINESIS_ENDPOINT_URL, used only when boto3's own variables are unset.
+
+    boto3 reads AWS_ENDPOINT_URL_KINESIS and AWS_ENDPOINT_URL by itself.
+    """
+    if env.get("AWS_ENDPOINT_URL_KINESIS") or env.get("AWS_ENDPOINT_URL"):
+        return None
+    return env.get("KINESIS_ENDPOINT_URL") or None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    return value

@@ -1,0 +1,96 @@
+"""The Lambda entry point as Lambda uses it: configured by environment, built at import (init)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from local_aws.kinesis_events import event_from_payloads
+from model_loading import ModelLoadError
+from tests.conftest import FakeLambdaContext, create_stream, read_stream
+
+COURSE_RIDE = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 256}
+
+
+@pytest.fixture
+def import_function(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., ModuleType]:
+    """Import lambda_function afresh, as a new container's init would, with these variables."""
+
+    def do_import(**env: str) -> ModuleType:
+        monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        sys.modules.pop("lambda_function", None)
+        return importlib.import_module("lambda_function")
+
+    yield do_import
+    sys.modules.pop("lambda_function", None)
+
+
+def test_handler_turns_a_course_event_into_a_course_prediction(
+    kinesis: Any,
+    model_dir: Path,
+    import_function: Callable[..., ModuleType],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    create_stream(kinesis, "preds")
+    create_stream(kinesis, "dlq")
+    function = import_function(
+        MODEL_URI=str(model_dir), PREDICTIONS_STREAM_NAME="preds", DEAD_LETTER_STREAM_NAME="dlq"
+    )
+    event = event_from_payloads([json.dumps(COURSE_RIDE).encode(), b"Hello, this is a test."])
+
+    response = function.lambda_handler(event, FakeLambdaContext())
+
+    assert response == {"batchItemFailures": []}
+    [prediction] = read_stream(kinesis, "preds")
+    assert prediction["model"] == "ride_duration_prediction_model"
+    assert prediction["prediction"]["ride_id"] == 256
+    [letter] = read_stream(kinesis, "dlq")
+    assert letter["reason"].startswith("data is not JSON")
+    logs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    [summary] = [entry for entry in logs if entry["message"] == "batch processed"]
+    assert summary["level"] == "INFO"
+    assert (summary["received"], summary["predicted"], summary["dead_lettered"], summary["retryable"]) == (
+        2,
+        1,
+        1,
+        0,
+    )
+    assert summary["function_request_id"] == FakeLambdaContext.aws_request_id
+    [loaded] = [entry for entry in logs if entry["message"] == "model loaded"]
+    assert loaded["model_uri"] == str(model_dir)
+
+
+def test_init_fails_naming_the_model_uri_when_the_model_cannot_load(
+    aws: None, import_function: Callable[..., ModuleType]
+) -> None:
+    with pytest.raises(
+        ModelLoadError, match=r"cannot load model from 's3://missing-bucket/model': .*NoSuchBucket"
+    ):
+        import_function(MODEL_URI="s3://missing-bucket/model")
+
+
+def test_course_kinesis_endpoint_variable_is_still_honoured(
+    aws: None, model_dir: Path, import_function: Callable[..., ModuleType]
+) -> None:
+    function = import_function(MODEL_URI=str(model_dir), KINESIS_ENDPOINT_URL="http://127.0.0.1:4566")
+    assert function.service.predictions.client.meta.endpoint_url == "http://127.0.0.1:4566"
+
+
+def test_boto3_standard_endpoint_variable_wins_over_the_course_alias(
+    aws: None, model_dir: Path, import_function: Callable[..., ModuleType]
+) -> None:
+    function = import_function(
+        MODEL_URI=str(model_dir),
+        AWS_ENDPOINT_URL_KINESIS="http://127.0.0.1:5000",
+        KINESIS_ENDPOINT_URL="http://127.0.0.1:4566",
+    )
+    assert function.service.predictions.client.meta.endpoint_url == "http://127.0.0.1:5000"

@@ -1,0 +1,172 @@
+"""Every MODEL_URI form loads the same trained model; failures name the URI and the reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from model_loading import ModelLoadError, load_model
+from model_service import load_configured_model, ride_features
+from scripts.train import TrainedModel
+from settings import ConfigurationError, Settings
+
+FEATURES = [ride_features(130, 205, 3.66), ride_features(1, 2, 10.0)]
+
+
+@pytest.fixture
+def s3(aws: None) -> Any:
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket="models")
+    return client
+
+
+def upload_dir(client: Any, local: Path, bucket: str, prefix: str) -> None:
+    for path in local.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local)}")
+
+
+def expected_predictions(model_dir: Path, tmp_path: Path) -> list[float]:
+    return list(load_model(str(model_dir), tmp_path / "reference").predict(FEATURES))
+
+
+def test_local_directory(model_dir: Path, trained_model: TrainedModel, tmp_path: Path) -> None:
+    loaded = load_model(str(model_dir), tmp_path)
+    assert loaded.flavor == "sklearn/pickle"
+    assert loaded.info.run_id == trained_model.run_id
+    assert loaded.info.version == trained_model.run_id  # no registry involved: the run id, as the course
+    assert 1 < loaded.predict(FEATURES)[0] < 60
+    assert loaded.local_dir == model_dir  # used in place, not copied
+
+
+def test_s3_prefix_is_downloaded_once_then_served_from_the_cache(
+    s3: Any, model_dir: Path, tmp_path: Path
+) -> None:
+    upload_dir(s3, model_dir, "models", "ride-duration/v1/model")
+    gets: list[str] = []
+    s3.meta.events.register(
+        "provide-client-params.s3.GetObject", lambda params, **_: gets.append(params["Key"])
+    )
+    first = load_model("s3://models/ride-duration/v1/model", tmp_path / "cache", lambda: s3)
+    assert sorted(Path(key).name for key in gets) == sorted(p.name for p in model_dir.iterdir())
+    assert list(first.predict(FEATURES)) == expected_predictions(model_dir, tmp_path)
+
+    gets.clear()
+    second = load_model("s3://models/ride-duration/v1/model/", tmp_path / "cache", lambda: s3)
+    assert gets == []
+    assert second.local_dir == first.local_dir
+
+
+def test_s3_cache_is_refreshed_when_the_objects_change(s3: Any, model_dir: Path, tmp_path: Path) -> None:
+    upload_dir(s3, model_dir, "models", "m")
+    first = load_model("s3://models/m", tmp_path, lambda: s3)
+    s3.put_object(Bucket="models", Key="m/README.txt", Body=b"changed")
+    second = load_model("s3://models/m", tmp_path, lambda: s3)
+    assert second.local_dir != first.local_dir
+    assert (second.local_dir / "README.txt").read_bytes() == b"changed"
+
+
+def test_runs_uri_through_the_tracking_server(
+    trained_model: TrainedModel, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
+    loaded = load_model(f"runs:/{trained_model.run_id}/model", tmp_path)
+    assert loaded.info.run_id == trained_model.run_id
+    assert list(loaded.predict(FEATURES)) == expected_predictions(model_dir, tmp_path)
+
+
+@pytest.mark.parametrize("form", ["alias", "version"])
+def test_models_uri_by_alias_and_by_version(
+    form: str, trained_model: TrainedModel, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
+    uri = trained_model.model_uris()[f"registry {form}"]
+    loaded = load_model(uri, tmp_path)
+    assert loaded.info.version == trained_model.version
+    assert loaded.info.uri == uri
+    assert list(loaded.predict(FEATURES)) == expected_predictions(model_dir, tmp_path)
+
+
+def test_course_run_id_bucket_and_experiment_variables(
+    s3: Any, trained_model: TrainedModel, model_dir: Path, tmp_path: Path
+) -> None:
+    upload_dir(s3, model_dir, "models", f"7/{trained_model.run_id}/artifacts/model")
+    settings = Settings.from_env(
+        {
+            "RUN_ID": trained_model.run_id,
+            "MODEL_BUCKET": "models",
+            "MLFLOW_EXPERIMENT_ID": "7",
+            "MODEL_CACHE_DIR": str(tmp_path),
+        }
+    )
+    assert settings.model_uri == f"s3://models/7/{trained_model.run_id}/artifacts/model"
+    loaded = load_configured_model(settings)
+    assert loaded.info.version == trained_model.run_id
+
+
+def test_course_model_location_variable(model_dir: Path, tmp_path: Path) -> None:
+    settings = Settings.from_env({"MODEL_LOCATION": str(model_dir), "MODEL_CACHE_DIR": str(tmp_path)})
+    assert load_configured_model(settings).local_dir == model_dir
+
+
+def test_skops_models_load_too(model_dir: Path, tmp_path: Path) -> None:
+    import mlflow.sklearn
+
+    pipeline = load_model(str(model_dir), tmp_path).predictor
+    mlflow.sklearn.save_model(pipeline, tmp_path / "skops-model", serialization_format="skops")
+    loaded = load_model(str(tmp_path / "skops-model"), tmp_path / "cache")
+    assert loaded.flavor == "sklearn/skops"
+    assert list(loaded.predict(FEATURES)) == expected_predictions(model_dir, tmp_path)
+
+
+def test_other_flavours_fall_back_to_pyfunc(model_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    copy = tmp_path / "pyfunc-only"
+    shutil.copytree(model_dir, copy)
+    mlmodel = yaml.safe_load((copy / "MLmodel").read_text())
+    del mlmodel["flavors"]["sklearn"]
+    (copy / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    loaded = load_model(str(copy), tmp_path / "cache")
+    assert loaded.flavor == "pyfunc"
+    assert list(loaded.predict(FEATURES)) == pytest.approx(expected_predictions(model_dir, tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("/nonexistent/model", "/nonexistent/model is not a directory"),
+        ("s3://models/nothing/here", "no objects under s3://models/nothing/here/"),
+        ("s3://no-such-bucket/model", "NoSuchBucket"),
+    ],
+)
+def test_load_failures_name_the_uri_and_the_reason(s3: Any, uri: str, reason: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(uri, tmp_path, lambda: s3)
+    assert str(raised.value).startswith(f"cannot load model from {uri!r}: ")
+    assert reason in str(raised.value)
+
+
+def test_a_directory_that_is_not_a_model_is_named(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no MLmodel file: is this an MLflow model directory"):
+        load_model(str(tmp_path / "empty"), tmp_path / "cache")
+
+
+def test_unknown_registered_model_is_named(
+    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
+    with pytest.raises(ModelLoadError, match=r"cannot load model from 'models:/nope@champion': .*nope"):
+        load_model("models:/nope@champion", tmp_path)
+
+
+def test_settings_require_a_model() -> None:
+    with pytest.raises(ConfigurationError, match="no model configured: set MODEL_URI"):
+        Settings.from_env({})
+    with pytest.raises(ConfigurationError, match="RUN_ID is set but MODEL_BUCKET is not"):
+        Settings.from_env({"RUN_ID": "abc"})

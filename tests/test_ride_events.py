@@ -1,0 +1,139 @@
+import base64
+import json
+
+import pytest
+
+from local_aws.kinesis_events import event_from_payloads
+from ride_events import (
+    MAX_DEAD_LETTER_DATA_CHARS,
+    DeadLetter,
+    KinesisRecord,
+    ModelInfo,
+    PoisonRecordError,
+    PredictionEvent,
+    decode_ride_event,
+)
+
+COURSE_RIDE = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 256}
+
+
+def record_of(payload: bytes) -> KinesisRecord:
+    return KinesisRecord(event_from_payloads([payload])["Records"][0])
+
+
+def test_course_format_decodes() -> None:
+    event = decode_ride_event(record_of(json.dumps(COURSE_RIDE).encode()))
+    assert (event.ride.PULocationID, event.ride.DOLocationID, event.ride.trip_distance) == (130, 205, 3.66)
+    assert event.ride_id == 256
+
+
+def test_extra_fields_are_ignored_and_string_ids_kept() -> None:
+    payload = {**COURSE_RIDE, "ride_id": "abc-1", "vendor": 2}
+    payload["ride"] = {**COURSE_RIDE["ride"], "trip_distance": 0, "fare": 12.5}
+    event = decode_ride_event(record_of(json.dumps(payload).encode()))
+    assert event.ride_id == "abc-1"
+    assert event.ride.trip_distance == 0.0
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ("not base64 at all!", "data is not valid base64"),
+        (base64.b64encode(b"\xff\xfe\x00").decode(), "data is not UTF-8: byte 0xff at offset 0"),
+        (base64.b64encode(b"Hello, this is a test.").decode(), "data is not JSON"),
+        (base64.b64encode(b"[1, 2]").decode(), "invalid ride event: event: Input should be an object"),
+        (base64.b64encode(b"").decode(), "data is not JSON"),
+    ],
+)
+def test_undecodable_data_names_the_step_that_failed(data: str, reason: str) -> None:
+    record = record_of(b"")
+    record.raw["kinesis"]["data"] = data
+    with pytest.raises(PoisonRecordError, match=reason.replace("(", r"\(")):
+        decode_ride_event(record)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"ride_id": None}, "ride_id: must be an integer or a string (got NoneType)"),
+        ({"ride_id": True}, "ride_id: must be an integer or a string (got bool)"),
+        ({"ride_id": ""}, "ride_id: must be 1-256 characters long as text"),
+        ({"ride_id": "x" * 257}, "ride_id: must be 1-256 characters long as text"),
+        ({"ride": {"DOLocationID": 205, "trip_distance": 3.66}}, "ride.PULocationID: Field required"),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "PULocationID": 0}},
+            "ride.PULocationID: Input should be greater than 0",
+        ),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "DOLocationID": "205"}},
+            "ride.DOLocationID: Input should be a valid integer",
+        ),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "DOLocationID": 20.5}},
+            "ride.DOLocationID: Input should be a valid integer",
+        ),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "trip_distance": -1}},
+            "ride.trip_distance: Input should be greater than or equal to 0",
+        ),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "trip_distance": "3.66"}},
+            "ride.trip_distance: Input should be a valid number",
+        ),
+        ({"ride": "130-205"}, "ride: Input should be an object"),
+    ],
+)
+def test_validation_names_the_field_and_the_reason(change: dict, reason: str) -> None:
+    payload = {**COURSE_RIDE, **change}
+    with pytest.raises(PoisonRecordError) as raised:
+        decode_ride_event(record_of(json.dumps(payload).encode()))
+    assert str(raised.value) == f"invalid ride event: {reason}"
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_distance_is_rejected(literal: bytes) -> None:
+    payload = (
+        b'{"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": ' + literal + b'}, "ride_id": 1}'
+    )
+    with pytest.raises(PoisonRecordError, match=r"ride\.trip_distance: Input should be a finite number"):
+        decode_ride_event(record_of(payload))
+
+
+def test_record_missing_its_kinesis_part_is_poison_not_a_crash() -> None:
+    with pytest.raises(PoisonRecordError, match="data is not JSON"):
+        decode_ride_event(KinesisRecord({"eventID": "x"}))
+
+
+def test_prediction_event_is_the_course_format_plus_tracing() -> None:
+    record = record_of(b"{}")
+    model = ModelInfo(uri="models:/ride-duration/3", version="3", run_id="abc")
+    event = json.loads(PredictionEvent(256, 21.3, model, record.source()).to_json())
+    assert {key: event[key] for key in ("model", "version", "prediction")} == {
+        "model": "ride_duration_prediction_model",
+        "version": "3",
+        "prediction": {"ride_duration": 21.3, "ride_id": 256},
+    }
+    assert event["run_id"] == "abc"
+    assert event["model_uri"] == "models:/ride-duration/3"
+    assert event["source"]["event_id"] == record.event_id == f"shardId-000000000000:{record.sequence_number}"
+    assert event["source"]["shard_id"] == "shardId-000000000000"
+
+
+def test_dead_letter_keeps_raw_data_reason_and_position() -> None:
+    record = record_of(b"Hello, this is a test.")
+    letter = json.loads(DeadLetter(record, "data is not JSON").to_json())
+    assert base64.b64decode(letter["data"]) == b"Hello, this is a test."
+    assert letter["reason"] == "data is not JSON"
+    assert letter["data_truncated"] is False
+    assert letter["source"]["sequence_number"] == record.sequence_number
+    assert letter["source"]["shard_id"] == "shardId-000000000000"
+    assert letter["partition_key"] == "key-0"
+
+
+def test_dead_letter_of_a_huge_record_fits_in_one_kinesis_record() -> None:
+    record = record_of(b"x" * (1024 * 1024 - 100))
+    data = DeadLetter(record, "data is not JSON").to_json()
+    assert len(data) < 1024 * 1024
+    letter = json.loads(data)
+    assert letter["data_truncated"] is True
+    assert len(letter["data"]) == MAX_DEAD_LETTER_DATA_CHARS

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from settings import ConfigurationError, Settings
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({"MODEL_URI": "s3://b/m"})
+    assert settings.predictions_stream == "ride_predictions"
+    assert settings.dead_letter_stream is None
+    assert settings.model_cache_dir == Path("/tmp/model-cache")
+    assert (settings.put_records_retry.max_attempts, settings.put_records_retry.base_delay) == (5, 0.1)
+    assert settings.put_records_retry.max_delay == 2.0
+    assert settings.log_level == "INFO"
+    assert settings.kinesis_endpoint_url is None
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "MODEL_URI": "models:/ride-duration@champion",
+            "MODEL_LOCATION": "/ignored/when/model_uri/is/set",
+            "PREDICTIONS_STREAM_NAME": "out",
+            "DEAD_LETTER_STREAM_NAME": "dlq",
+            "MODEL_CACHE_DIR": "/var/cache/model",
+            "PUT_RECORDS_MAX_ATTEMPTS": "3",
+            "PUT_RECORDS_BASE_DELAY_MS": "50",
+            "PUT_RECORDS_MAX_DELAY_MS": "400",
+            "LOG_LEVEL": "debug",
+            "KINESIS_ENDPOINT_URL": "http://localhost:4566",
+        }
+    )
+    assert settings.model_uri == "models:/ride-duration@champion"
+    assert (settings.predictions_stream, settings.dead_letter_stream) == ("out", "dlq")
+    assert settings.model_cache_dir == Path("/var/cache/model")
+    retry = settings.put_records_retry
+    assert (retry.max_attempts, retry.base_delay, retry.max_delay) == (3, 0.05, 0.4)
+    assert settings.log_level == "DEBUG"
+    assert settings.kinesis_endpoint_url == "http://localhost:4566"
+
+
+def test_course_run_id_defaults_to_experiment_1() -> None:
+    settings = Settings.from_env({"RUN_ID": "abc", "MODEL_BUCKET": "bucket"})
+    assert settings.model_uri == "s3://bucket/1/abc/artifacts/model"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PUT_RECORDS_MAX_ATTEMPTS", "many", "PUT_RECORDS_MAX_ATTEMPTS must be an integer, got 'many'"),
+        ("PUT_RECORDS_MAX_ATTEMPTS", "0", "PUT_RECORDS_MAX_ATTEMPTS must be at least 1, got 0"),
+        ("PUT_RECORDS_BASE_DELAY_MS", "-5", "PUT_RECORDS_BASE_DELAY_MS must be at least 0, got -5"),
+    ],
+)
+def test_malformed_numbers_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_env({"MODEL_URI": "x", name: value})

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from model_loading import load_model
+from model_service import ride_features
+from scripts.train import TLC_COLUMNS, TrainedModel, main, prepare, synthetic_trips
+
+
+def test_synthetic_data_has_the_tlc_shape_and_is_seeded() -> None:
+    trips = synthetic_trips(1000, month=1, seed=3)
+    assert list(trips.columns) == TLC_COLUMNS
+    assert trips.PULocationID.between(1, 265).all()
+    assert (trips.trip_distance >= 0).all()
+    pd.testing.assert_frame_equal(trips, synthetic_trips(1000, month=1, seed=3))
+    assert not trips.equals(synthetic_trips(1000, month=2, seed=3))
+
+
+def test_preparation_keeps_rides_of_1_to_60_minutes_and_uses_the_service_features() -> None:
+    start = pd.Timestamp("2021-01-01 10:00")
+    trips = pd.DataFrame(
+        {
+            "lpep_pickup_datetime": [start] * 4,
+            "lpep_dropoff_datetime": [start + pd.Timedelta(minutes=m) for m in (0.5, 1, 60, 61)],
+            "PULocationID": [1, 2, 3, 4],
+            "DOLocationID": [5, 6, 7, 8],
+            "trip_distance": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    features, target = prepare(trips)
+    assert features == [ride_features(2, 6, 2.0), ride_features(3, 7, 3.0)]
+    assert list(target) == [1.0, 60.0]
+
+
+def test_trained_model_learns_the_synthetic_relation(trained_model: TrainedModel, model_dir: Path) -> None:
+    # Noise alone (log-normal, sigma 0.25) leaves an RMSE of a few minutes; a useless
+    # model (the mean) would be far off.
+    features, target = prepare(synthetic_trips(2000, month=3, seed=42))
+    baseline = float(np.sqrt(np.mean((target - target.mean()) ** 2)))
+    assert trained_model.rmse < 0.75 * baseline
+    predictions = np.asarray(load_model(str(model_dir), model_dir.parent / "cache").predict(features))
+    assert float(np.sqrt(np.mean((predictions - target) ** 2))) < 0.75 * baseline
+
+
+def test_cli_trains_from_a_tlc_file_and_prints_the_model_uris(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    data = tmp_path / "green.parquet"
+    assert main(["--write-synthetic", str(data), "--synthetic-rides", "3000"]) == 0
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        code = main(
+            [
+                "--train", str(data), "--tracking-uri", tracking, "--artifact-location", str(tmp_path / "a"),
+                "--model", "random-forest", "--alias", "staging", "--export-dir", str(tmp_path / "exported"),
+            ]
+        )  # fmt: skip
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"MLFLOW_TRACKING_URI={tracking}" in out
+    assert "models:/ride-duration@staging" in out
+    assert "runs:/" in out
+    assert (tmp_path / "exported" / "MLmodel").is_file()
+    assert "RandomForestRegressor" in repr(load_model(str(tmp_path / "exported"), tmp_path / "c").predictor)
