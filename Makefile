@@ -8,10 +8,10 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test unit lint format train lock clean
+.PHONY: help setup demo up test unit integration lint format train lock clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -23,10 +23,19 @@ $(VENV)/.installed: uv.lock pyproject.toml | $(UV)
 
 setup: $(VENV)/.installed  ## create .venv from the lock file (runtime + all groups)
 
-test: lint unit  ## everything CI runs: lint, unit and integration tests
+demo: setup  ## the main job: stream sample rides through the local pipeline, print a summary, stop
+	$(BIN)/python -m local_aws demo $(ARGS)
 
-unit: setup  ## the pytest suite
+up: setup  ## start the local pipeline and keep it running (Ctrl-C stops it)
+	$(BIN)/python -m local_aws up $(ARGS)
+
+test: lint unit integration  ## everything CI runs: lint, unit and integration tests
+
+unit: setup  ## the unit suite (tests/)
 	$(BIN)/python -m pytest
+
+integration: setup  ## the end-to-end test, Docker-less (integration-test/run.sh --docker for LocalStack)
+	PATH="$(CURDIR)/$(BIN):$$PATH" integration-test/run.sh
 
 lint: setup  ## ruff check and format check
 	$(BIN)/ruff check .
@@ -43,4 +52,4 @@ lock: | $(UV)  ## re-resolve uv.lock after editing pyproject.toml
 	$(UV) lock --python $(PYTHON)
 
 clean:  ## remove the virtualenvs, MLflow store and exported model
-	rm -rf $(VENV) .tools .mlflow model .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .mlflow model .local-aws .pytest_cache .ruff_cache

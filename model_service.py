@@ -90,6 +90,21 @@ class BatchResult:
         return {"batchItemFailures": [{"itemIdentifier": o.record.sequence_number} for o in self.retries]}
 
 
+class NotAKinesisEventError(TypeError):
+    """The function was invoked with something other than a Kinesis event."""
+
+
+def kinesis_event_records(event: Any) -> list[dict[str, Any]]:
+    """The `Records` of a Kinesis event; anything else is a wiring mistake, named as such."""
+    records = event.get("Records") if isinstance(event, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise NotAKinesisEventError(
+            f'expected a Kinesis event {{"Records": [...]}}, got {type(event).__name__}'
+            + (f" with keys {sorted(event)[:5]}" if isinstance(event, dict) else "")
+        )
+    return records
+
+
 class DeadLetterSink(Protocol):
     def put(self, letters: Sequence[DeadLetter]) -> list[FailedWrite]:
         """Store the letters; return those that could not be stored."""
@@ -142,7 +157,7 @@ class ModelService:
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         """The Lambda handler's work: process, log, answer (or raise for a whole-batch retry)."""
-        records = [KinesisRecord(raw) for raw in event.get("Records") or []]
+        records = [KinesisRecord(raw) for raw in kinesis_event_records(event)]
         result = self.process(records)
         self.log_result(result)
         if result.must_fail_whole_batch:

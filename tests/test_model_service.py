@@ -22,6 +22,7 @@ from model_service import (
     KinesisDeadLetters,
     LoggedDeadLetters,
     ModelService,
+    NotAKinesisEventError,
     Outcome,
     ride_features,
 )
@@ -401,6 +402,12 @@ def test_every_record_has_exactly_one_outcome(streams: Any, model: LoadedModel) 
         Outcome.RETRY: 2,
         Outcome.DEAD_LETTERED: len(poison),
     }
+
+
+@pytest.mark.parametrize("event", ["not an event", {"records": []}, {"Records": "x"}, None])
+def test_an_event_that_is_not_from_kinesis_is_named(event: Any, streams: Any, model: LoadedModel) -> None:
+    with pytest.raises(NotAKinesisEventError, match=r"expected a Kinesis event \{"):
+        make_service(streams, model, RecordingLog()).handle(event)
 
 
 def test_an_empty_batch_is_a_success(streams: Any, model: LoadedModel) -> None:

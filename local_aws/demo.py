@@ -1,0 +1,222 @@
+"""The main job: stream sample rides through the local pipeline and report what came out."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from local_aws.stack import LocalStack
+
+# Producers send anything: a few malformed records show where bad input goes.
+MALFORMED = [
+    b"Hello, this is a test.",
+    b'{"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}}',
+    b'{"ride": {"PULocationID": 0, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": -1}',
+    b'{"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": -2}, "ride_id": -2}',
+    b"\xff\xfe not UTF-8",
+]
+
+
+def sample_rides(count: int, bad_ratio: float, seed: int) -> list[tuple[int, bytes, bool]]:
+    """(ride id, payload, is_valid): course-format rides, `bad_ratio` of them malformed."""
+    rng = random.Random(seed)
+    rides = []
+    for ride_id in range(count):
+        if rng.random() < bad_ratio:
+            rides.append((ride_id, MALFORMED[ride_id % len(MALFORMED)], False))
+            continue
+        ride = {
+            "PULocationID": rng.randint(1, 265),
+            "DOLocationID": rng.randint(1, 265),
+            "trip_distance": round(rng.lognormvariate(math.log(2.5), 0.7), 2),
+        }
+        rides.append((ride_id, json.dumps({"ride": ride, "ride_id": ride_id}).encode(), True))
+    return rides
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+@dataclass
+class Tally:
+    """What came out, as it is read back."""
+
+    # Keyed by the input record's event id (shard and sequence number, what `source.event_id`
+    # holds): sequence numbers alone repeat across shards on moto.
+    sent_at: dict[str, float] = field(default_factory=dict)  # event id -> put time
+    ride_of: dict[str, int] = field(default_factory=dict)  # event id -> ride id
+    predictions: Counter[int] = field(default_factory=Counter)
+    durations: list[float] = field(default_factory=list)
+    dead_letters: Counter[int] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def accounted(self) -> int:
+        return len(set(self.predictions) | set(self.dead_letters))
+
+    def read_prediction(self, event: dict[str, Any], now: float) -> None:
+        event_id = event["source"]["event_id"]
+        with self.lock:
+            self.predictions[event["prediction"]["ride_id"]] += 1
+            self.durations.append(event["prediction"]["ride_duration"])
+            if event_id in self.sent_at:
+                self.latencies.append(now - self.sent_at[event_id])
+
+    def read_dead_letter(self, letter: dict[str, Any], _now: float) -> None:
+        with self.lock:
+            ride = self.ride_of.get(letter["source"]["event_id"], -1)
+            self.dead_letters[ride] += 1
+            self.reasons[letter["reason"].split(":")[0]] += 1
+
+
+class StreamReader(threading.Thread):
+    """Reads every shard of a stream from its start, handing each JSON record to `on_record`."""
+
+    def __init__(self, kinesis: Any, stream: str, on_record: Callable[[dict[str, Any], float], None]) -> None:
+        super().__init__(name=f"reader-{stream}", daemon=True)
+        self.kinesis = kinesis
+        self.stream = stream
+        self.on_record = on_record
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        shards = self.kinesis.list_shards(StreamName=self.stream)["Shards"]
+        iterators = [
+            self.kinesis.get_shard_iterator(
+                StreamName=self.stream, ShardId=s["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            for s in shards
+        ]
+        while not self.stopped.is_set():
+            got = 0
+            for index, iterator in enumerate(iterators):
+                page = self.kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+                iterators[index] = page["NextShardIterator"]
+                now = time.time()
+                for record in page["Records"]:
+                    self.on_record(json.loads(record["Data"]), now)
+                got += len(page["Records"])
+            if not got:
+                self.stopped.wait(0.02)
+
+
+class Progress:
+    """One line that updates in place on a terminal, and every few seconds in a log."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self._last = 0.0
+
+    def update(self, text: str, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.live:
+            self.stream.write(f"\r  {text}\033[K" + ("\n" if final else ""))
+            self.stream.flush()
+        elif final or now - self._last >= 2:
+            self.stream.write(f"  {text}\n")
+            self._last = now
+
+
+def stream_rides(
+    stack: LocalStack,
+    rides: list[tuple[int, bytes, bool]],
+    rate: float,
+    tally: Tally,
+    show: Callable[[], None],
+) -> None:
+    """Put rides with PutRecords at about `rate` per second, remembering when each became readable."""
+    kinesis = stack.client("kinesis")
+    tick = 0.05
+    per_tick = max(1, round(rate * tick))
+    started = time.monotonic()
+    for index in range(0, len(rides), per_tick):
+        chunk = rides[index : index + per_tick]
+        response = kinesis.put_records(
+            StreamName=stack.config.input_stream,
+            Records=[{"Data": payload, "PartitionKey": str(ride_id)} for ride_id, payload, _ in chunk],
+        )
+        now = time.time()
+        with tally.lock:
+            for (ride_id, _, _), entry in zip(chunk, response["Records"], strict=True):
+                event_id = f"{entry['ShardId']}:{entry['SequenceNumber']}"
+                tally.sent_at[event_id] = now
+                tally.ride_of[event_id] = ride_id
+        show()
+        pause = started + (index + per_tick) / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+
+
+def run_demo(
+    stack: LocalStack, count: int, *, bad_ratio: float, rate: float, timeout: float, seed: int = 7
+) -> bool:
+    rides = sample_rides(count, bad_ratio, seed)
+    malformed = sum(1 for *_, valid in rides if not valid)
+    tally = Tally()
+    kinesis = stack.client("kinesis")
+    readers = [
+        StreamReader(kinesis, stack.config.predictions_stream, tally.read_prediction),
+        StreamReader(kinesis, stack.config.dead_letter_stream, tally.read_dead_letter),
+    ]
+    for reader in readers:
+        reader.start()
+    progress = Progress()
+    sent = lambda: len(tally.sent_at)  # noqa: E731
+    line = lambda: (  # noqa: E731
+        f"rides put {sent():,}/{count:,} · predictions {sum(tally.predictions.values()):,}"
+        f" · dead letters {sum(tally.dead_letters.values()):,}"
+    )
+    print(f"\nStreaming {count:,} rides at ~{rate:.0f}/s ({malformed} malformed on purpose) ...")
+    started = time.monotonic()
+    stream_rides(stack, rides, rate=rate, tally=tally, show=lambda: progress.update(line()))
+    deadline = time.monotonic() + timeout
+    while tally.accounted() < count and time.monotonic() < deadline:
+        progress.update(line())
+        time.sleep(0.05)
+    progress.update(line() + f" · {time.monotonic() - started:.1f} s", final=True)
+    for reader in readers:
+        reader.stopped.set()
+        reader.join()
+    return report(stack, tally, count, malformed)
+
+
+def report(stack: LocalStack, tally: Tally, count: int, malformed: int) -> bool:
+    predicted, dead = set(tally.predictions), set(tally.dead_letters)
+    missing = count - len(predicted | dead)
+    duplicates = sum(n - 1 for n in tally.predictions.values() if n > 1)
+    stats = stack.mapping.stats if stack.mapping else None
+    print("\nSummary")
+    print(f"  rides in             {count:>7,}  ({count - malformed:,} valid, {malformed:,} malformed)")
+    mean = sum(tally.durations) / len(tally.durations) if tally.durations else float("nan")
+    print(f"  predictions out      {len(predicted):>7,}  (mean predicted duration {mean:.1f} min)")
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in tally.reasons.most_common())
+    print(f"  dead letters         {len(dead):>7,}  ({reasons or 'none'})")
+    if stats:
+        print(
+            f"  function             {stats.invocations:>7,} invocations, {stats.function_errors} errors, "
+            f"{stats.partial_failures} partial retries, {stats.records_discarded} records discarded"
+        )
+    if tally.latencies:
+        p50, p99 = percentile(tally.latencies, 50) * 1000, percentile(tally.latencies, 99) * 1000
+        print(
+            f"  end-to-end latency   p50 {p50:.0f} ms · p99 {p99:.0f} ms  (put on input -> readable on output)"
+        )
+    if duplicates:
+        print(
+            f"  duplicates           {duplicates:>7,}  (at-least-once delivery; de-duplicate on source.event_id)"
+        )
+    ok = missing == 0 and len(predicted) == count - malformed and len(dead) == malformed
+    print(f"  every ride accounted {'yes' if ok else f'NO: {missing} missing'}")
+    return ok

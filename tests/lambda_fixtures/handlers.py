@@ -1,0 +1,33 @@
+"""Tiny handlers for testing the local Lambda endpoint under the real runtime client."""
+
+import os
+import time
+
+if os.environ.get("FAIL_INIT"):
+    raise RuntimeError(f"init failed on purpose ({os.environ['FAIL_INIT']})")
+
+PROCESS_STARTED = time.time()
+
+
+def echo(event, context):
+    return {
+        "event": event,
+        "function_name": context.function_name,
+        "request_id": context.aws_request_id,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "pid": os.getpid(),
+        "model_uri": os.environ.get("MODEL_URI"),
+    }
+
+
+def fail(event, context):
+    raise ValueError(f"bad event: {event!r}")
+
+
+def slow(event, context):
+    time.sleep(float(event["seconds"]))
+    return {"slept": event["seconds"], "pid": os.getpid()}
+
+
+def crash(event, context):
+    os._exit(3)

@@ -1,0 +1,410 @@
+"""The local event source mapping, one documented behaviour per test.
+
+Kinesis and the destinations are moto; the function is a scripted stand-in so each test can
+decide what the function answers. The real function runs under it in integration-test/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+
+from local_aws.event_source_mapping import (
+    EventSourceMapping,
+    FailureDestination,
+    InvokeResult,
+    MappingConfig,
+    MappingConfigError,
+    MappingStats,
+    ShardPoller,
+)
+from tests.conftest import create_stream
+
+SHARD = "shardId-000000000000"
+
+
+class ScriptedFunction:
+    """Records every event it gets; `answer` decides the response from the decoded payloads."""
+
+    def __init__(self, answer: Callable[[list[str], list[str]], InvokeResult] | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.answer = answer or (lambda _payloads, _sequence_numbers: InvokeResult({"batchItemFailures": []}))
+
+    def __call__(self, event: dict[str, Any]) -> InvokeResult:
+        self.events.append(event)
+        records = event["Records"]
+        return self.answer(
+            [base64.b64decode(r["kinesis"]["data"]).decode() for r in records],
+            [r["kinesis"]["sequenceNumber"] for r in records],
+        )
+
+    @property
+    def batches(self) -> list[list[str]]:
+        return [[base64.b64decode(r["kinesis"]["data"]).decode() for r in e["Records"]] for e in self.events]
+
+
+def put(kinesis: Any, *payloads: str) -> list[str]:
+    return [
+        kinesis.put_record(StreamName="rides", Data=p.encode(), PartitionKey="k")["SequenceNumber"]
+        for p in payloads
+    ]
+
+
+@pytest.fixture
+def stream(kinesis: Any) -> Any:
+    create_stream(kinesis, "rides")
+    return kinesis
+
+
+def poller(
+    kinesis: Any,
+    function: ScriptedFunction,
+    destination: FailureDestination | None = None,
+    clock: Callable[[], float] = time.time,
+    **settings: Any,
+) -> ShardPoller:
+    config = MappingConfig.from_dict({"StartingPosition": "TRIM_HORIZON", **settings})
+    return ShardPoller(
+        kinesis,
+        "rides",
+        SHARD,
+        config=config,
+        invoke=function,
+        destination=destination or FailureDestination(None, lambda _s: None),
+        stats=MappingStats(),
+        stop=threading.Event(),
+        retry_delay=0,
+        clock=clock,
+    )
+
+
+def drain(p: ShardPoller, max_steps: int = 50) -> None:
+    for _ in range(max_steps):
+        if not p.step():
+            return
+    raise AssertionError("the poller never ran out of work")
+
+
+def numbers(count: int) -> list[str]:
+    return [str(i) for i in range(count)]
+
+
+def test_batch_size_and_shard_order(stream: Any) -> None:
+    put(stream, *numbers(25))
+    function = ScriptedFunction()
+    drain(poller(stream, function, BatchSize=10))
+    assert function.batches == [numbers(25)[:10], numbers(25)[10:20], numbers(25)[20:]]
+
+
+def test_events_have_the_aws_shape(stream: Any) -> None:
+    [sequence_number] = put(stream, '{"ride_id": 1}')
+    function = ScriptedFunction()
+    drain(poller(stream, function))
+    [record] = function.events[0]["Records"]
+    assert set(record) == {
+        "kinesis", "eventSource", "eventVersion", "eventID", "eventName", "invokeIdentityArn", "awsRegion", "eventSourceARN"
+    }  # fmt: skip
+    assert set(record["kinesis"]) == {
+        "kinesisSchemaVersion", "partitionKey", "sequenceNumber", "data", "approximateArrivalTimestamp"
+    }  # fmt: skip
+    assert record["eventID"] == f"{SHARD}:{sequence_number}"
+    assert record["eventSource"] == "aws:kinesis"
+    assert record["eventName"] == "aws:kinesis:record"
+    assert record["eventSourceARN"] == "arn:aws:kinesis:us-east-1:123456789012:stream/rides"
+    assert isinstance(record["kinesis"]["approximateArrivalTimestamp"], float)
+    assert base64.b64decode(record["kinesis"]["data"]) == b'{"ride_id": 1}'
+
+
+def test_starting_position_latest_skips_what_was_there(stream: Any) -> None:
+    put(stream, "old")
+    function = ScriptedFunction()
+    p = poller(stream, function, StartingPosition="LATEST")
+    put(stream, "new")
+    drain(p)
+    assert function.batches == [["new"]]
+
+
+def test_starting_position_trim_horizon_reads_everything(stream: Any) -> None:
+    put(stream, "old", "older")
+    function = ScriptedFunction()
+    drain(poller(stream, function, StartingPosition="TRIM_HORIZON"))
+    assert function.batches == [["old", "older"]]
+
+
+def test_starting_position_at_timestamp(stream: Any) -> None:
+    put(stream, "before")
+    cut = time.time()
+    while time.time() < cut + 0.005:  # moto stamps arrivals in milliseconds
+        pass
+    put(stream, "after")
+    function = ScriptedFunction()
+    drain(poller(stream, function, StartingPosition="AT_TIMESTAMP", StartingPositionTimestamp=cut + 0.002))
+    assert function.batches == [["after"]]
+
+
+def test_batching_window_waits_for_more_records(stream: Any) -> None:
+    put(stream, "first")
+    later = threading.Timer(0.2, lambda: put(stream, "second", "third"))
+    later.start()
+    function = ScriptedFunction()
+    p = poller(stream, function, BatchSize=10, MaximumBatchingWindowInSeconds=2)
+    started = time.monotonic()
+    p.step()
+    later.join()
+    assert function.batches == [["first", "second", "third"]]
+    assert time.monotonic() - started < 2.0 + 1.0
+
+
+def test_batching_window_stops_early_when_the_batch_is_full(stream: Any) -> None:
+    put(stream, *numbers(5))
+    function = ScriptedFunction()
+    started = time.monotonic()
+    poller(stream, function, BatchSize=5, MaximumBatchingWindowInSeconds=30).step()
+    assert function.batches == [numbers(5)]
+    assert time.monotonic() - started < 5
+
+
+def test_without_a_window_the_batch_goes_as_soon_as_records_are_there(stream: Any) -> None:
+    put(stream, "first")
+    function = ScriptedFunction()
+    p = poller(stream, function, BatchSize=10)
+    p.step()
+    put(stream, "second")
+    p.step()
+    assert function.batches == [["first"], ["second"]]
+
+
+def fail_once_at(payload: str) -> Callable[[list[str], list[str]], InvokeResult]:
+    failed: set[str] = set()
+
+    def answer(payloads: list[str], sequence_numbers: list[str]) -> InvokeResult:
+        if payload in payloads and payload not in failed:
+            failed.add(payload)
+            return InvokeResult(
+                {"batchItemFailures": [{"itemIdentifier": sequence_numbers[payloads.index(payload)]}]}
+            )
+        return InvokeResult({"batchItemFailures": []})
+
+    return answer
+
+
+def test_report_batch_item_failures_redelivers_from_the_lowest_failure(stream: Any) -> None:
+    put(stream, *numbers(10))
+    function = ScriptedFunction(fail_once_at("3"))
+    drain(poller(stream, function, BatchSize=10, FunctionResponseTypes=["ReportBatchItemFailures"]))
+    assert function.batches == [numbers(10), numbers(10)[3:]]
+
+
+def test_item_failures_are_ignored_unless_the_mapping_reports_them(stream: Any) -> None:
+    put(stream, *numbers(10))
+    function = ScriptedFunction(fail_once_at("3"))
+    drain(poller(stream, function, BatchSize=10, FunctionResponseTypes=[]))
+    assert function.batches == [numbers(10)]
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [
+        [{"itemIdentifier": ""}],
+        [{"itemIdentifier": None}],
+        [{"itemIdentifer": "1"}],
+        [{"itemIdentifier": "999"}],
+    ],
+    ids=["empty", "null", "misspelled-key", "unknown-sequence-number"],
+)
+def test_an_unreadable_item_failure_fails_the_whole_batch(
+    stream: Any, failures: list[dict[str, Any]]
+) -> None:
+    put(stream, *numbers(4))
+    answers = iter([InvokeResult({"batchItemFailures": failures})])
+    function = ScriptedFunction(lambda _p, _s: next(answers, InvokeResult({"batchItemFailures": []})))
+    drain(poller(stream, function, FunctionResponseTypes=["ReportBatchItemFailures"]))
+    assert function.batches == [numbers(4), numbers(4)]
+
+
+def always_error(_payloads: list[str], _sequence_numbers: list[str]) -> InvokeResult:
+    return InvokeResult({"errorMessage": "boom", "errorType": "RuntimeError"}, "Unhandled")
+
+
+@pytest.fixture
+def queue(aws: None) -> tuple[Any, str]:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="mapping-failures")["QueueUrl"]
+    return sqs, url
+
+
+def sqs_destination() -> FailureDestination:
+    clients = {
+        "sqs": boto3.client("sqs", region_name="us-east-1"),
+        "s3": boto3.client("s3", region_name="us-east-1"),
+    }
+    return FailureDestination("arn:aws:sqs:us-east-1:123456789012:mapping-failures", clients.__getitem__)
+
+
+def received(queue: tuple[Any, str]) -> list[dict[str, Any]]:
+    sqs, url = queue
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(m["Body"]) for m in messages]
+
+
+def test_function_errors_retry_the_batch_up_to_maximum_retry_attempts_then_discard(
+    stream: Any, queue: tuple[Any, str]
+) -> None:
+    sequence_numbers = put(stream, "a", "b")
+    function = ScriptedFunction(always_error)
+    p = poller(stream, function, sqs_destination(), MaximumRetryAttempts=2)
+    drain(p)
+    put(stream, "c")
+    function.answer = lambda _p, _s: InvokeResult(None)
+    drain(p)
+    assert function.batches == [["a", "b"]] * 3 + [["c"]]  # first try + 2 retries, then moves on
+    [failure] = received(queue)
+    assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert failure["requestContext"]["approximateInvokeCount"] == 3
+    assert failure["responseContext"]["functionError"] == "Unhandled"
+    info = failure["KinesisBatchInfo"]
+    assert (info["startSequenceNumber"], info["endSequenceNumber"], info["batchSize"]) == (
+        *sequence_numbers,
+        2,
+    )
+    assert info["shardId"] == SHARD
+    assert p.stats.records_discarded == 2
+
+
+def test_unbounded_retries_keep_the_shard_blocked(stream: Any) -> None:
+    put(stream, "poison", "next")
+    function = ScriptedFunction(always_error)
+    p = poller(stream, function, MaximumRetryAttempts=-1)
+    for _ in range(20):
+        p.step()
+    assert function.batches == [["poison", "next"]] * 20
+
+
+def test_bisect_isolates_the_failing_record_without_using_retries(
+    stream: Any, queue: tuple[Any, str]
+) -> None:
+    sequence_numbers = put(stream, *numbers(8))
+    succeeded: list[str] = []
+
+    def answer(payloads: list[str], _s: list[str]) -> InvokeResult:
+        if "5" in payloads:
+            return always_error(payloads, _s)
+        succeeded.extend(payloads)
+        return InvokeResult(None)
+
+    function = ScriptedFunction(answer)
+    p = poller(
+        stream,
+        function,
+        sqs_destination(),
+        BatchSize=8,
+        BisectBatchOnFunctionError=True,
+        MaximumRetryAttempts=1,
+    )
+    drain(p)
+    assert function.batches == [
+        numbers(8),
+        ["0", "1", "2", "3"],
+        ["4", "5", "6", "7"],
+        ["4", "5"],
+        ["4"],
+        ["5"],
+        ["5"],  # the one retry MaximumRetryAttempts allows
+        ["6", "7"],
+    ]
+    assert succeeded == ["0", "1", "2", "3", "4", "6", "7"]
+    [failure] = received(queue)
+    info = failure["KinesisBatchInfo"]
+    assert info["startSequenceNumber"] == info["endSequenceNumber"] == sequence_numbers[5]
+    assert p.stats.bisections == 3
+
+
+def test_records_older_than_maximum_record_age_are_discarded_without_invoking(
+    stream: Any, queue: tuple[Any, str]
+) -> None:
+    sequence_numbers = put(stream, "stale", "stale too")
+    function = ScriptedFunction()
+    p = poller(
+        stream, function, sqs_destination(), MaximumRecordAgeInSeconds=60, clock=lambda: time.time() + 120
+    )
+    drain(p)
+    assert function.events == []
+    [failure] = received(queue)
+    assert failure["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert failure["KinesisBatchInfo"]["startSequenceNumber"] == sequence_numbers[0]
+    assert failure["KinesisBatchInfo"]["batchSize"] == 2
+
+
+def test_fresh_records_are_not_discarded_for_age(stream: Any) -> None:
+    put(stream, "fresh")
+    function = ScriptedFunction()
+    drain(poller(stream, function, MaximumRecordAgeInSeconds=60))
+    assert function.batches == [["fresh"]]
+
+
+def test_an_s3_destination_also_gets_the_invocation_payload(stream: Any) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="failures")
+    put(stream, "a")
+    destination = FailureDestination("arn:aws:s3:::failures", {"s3": s3}.__getitem__)
+    drain(poller(stream, ScriptedFunction(always_error), destination, MaximumRetryAttempts=0))
+    [obj] = s3.list_objects_v2(Bucket="failures")["Contents"]
+    assert obj["Key"].startswith(f"aws/lambda/local-mapping/{SHARD}/")
+    stored = json.loads(s3.get_object(Bucket="failures", Key=obj["Key"])["Body"].read())
+    assert stored["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert json.loads(stored["payload"])["Records"][0]["kinesis"]["data"] == base64.b64encode(b"a").decode()
+
+
+def test_the_mapping_polls_every_shard_in_threads_and_stops_cleanly(kinesis: Any) -> None:
+    create_stream(kinesis, "rides", shards=3)
+    for i in range(30):
+        kinesis.put_record(StreamName="rides", Data=str(i).encode(), PartitionKey=f"key-{i}")
+    done = threading.Event()
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def answer(payloads: list[str], _s: list[str]) -> InvokeResult:
+        with lock:
+            seen.extend(payloads)
+            if len(seen) == 30:
+                done.set()
+        return InvokeResult(None)
+
+    mapping = EventSourceMapping(
+        kinesis,
+        "rides",
+        ScriptedFunction(answer),
+        MappingConfig(StartingPosition="TRIM_HORIZON"),
+        poll_interval=0.01,
+    )
+    assert len(mapping.pollers) == 3
+    mapping.start()
+    assert done.wait(10)
+    mapping.stop()
+    assert sorted(seen, key=int) == numbers(30)
+    assert not any(thread.is_alive() for thread in mapping._threads)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"BatchSize": 0}, "BatchSize must be 1-10000"),
+        ({"MaximumRecordAgeInSeconds": 10}, "MaximumRecordAgeInSeconds must be -1 or 60-604800"),
+        ({"StartingPosition": "AT_TIMESTAMP"}, "needs StartingPositionTimestamp"),
+        (
+            {"FunctionResponseTypes": ["Everything"]},
+            "FunctionResponseTypes may only hold ReportBatchItemFailures",
+        ),
+        ({"TumblingWindowInSeconds": 5}, r"unsupported settings: \['TumblingWindowInSeconds'\]"),
+    ],
+)
+def test_settings_are_checked_like_aws_does(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(MappingConfigError, match=message):
+        MappingConfig.from_dict(settings)

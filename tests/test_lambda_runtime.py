@@ -1,0 +1,116 @@
+"""The local Lambda endpoint, with the real runtime client (awslambdaric) running real handlers."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from local_aws.lambda_runtime import FunctionConfig, LocalLambda
+from local_aws.moto_stack import free_port
+
+FIXTURES = Path(__file__).parent / "lambda_fixtures"
+
+
+@pytest.fixture
+def start_function(tmp_path: Path) -> Iterator[Any]:
+    started: list[LocalLambda] = []
+
+    def start(handler: str, timeout_s: float = 30, **environment: str) -> LocalLambda:
+        log = (tmp_path / "function.log").open("ab")
+        config = FunctionConfig(
+            handler=f"handlers.{handler}", timeout_s=timeout_s, environment=environment, code_dir=FIXTURES
+        )
+        function = LocalLambda(config, port=free_port(), log=log)
+        started.append(function)
+        function.start()
+        return function
+
+    yield start
+    for function in started:
+        process = function._process
+        function.stop()
+        assert process is None or process.poll() is not None, "function process left running"
+
+
+def lambda_client(function: LocalLambda) -> Any:
+    return boto3.client("lambda", endpoint_url=function.endpoint_url, region_name="us-east-1")
+
+
+def invoke(function: LocalLambda, payload: Any) -> tuple[dict[str, Any], Any]:
+    response = lambda_client(function).invoke(FunctionName="function", Payload=json.dumps(payload).encode())
+    return response, json.loads(response["Payload"].read())
+
+
+def test_invoke_runs_the_handler_with_a_real_context(start_function: Any) -> None:
+    function = start_function("echo", MODEL_URI="s3://models/m")
+    response, body = invoke(function, {"Records": []})
+    assert response["StatusCode"] == 200
+    assert "FunctionError" not in response
+    assert body["event"] == {"Records": []}
+    assert body["function_name"] == "ride-duration-prediction"
+    assert 0 < body["remaining_ms"] <= 30_000
+    assert body["model_uri"] == "s3://models/m"  # configuration through the environment, as in AWS
+    _, again = invoke(function, {})
+    assert again["pid"] == body["pid"]  # warm: the same execution environment
+    assert again["request_id"] != body["request_id"]
+
+
+def test_handler_errors_come_back_in_lambdas_error_shape(start_function: Any) -> None:
+    function = start_function("fail")
+    response, body = invoke(function, {"x": 1})
+    assert response["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "ValueError"
+    assert body["errorMessage"] == "bad event: {'x': 1}"
+    request = urllib.request.Request(
+        f"{function.endpoint_url}/2015-03-31/functions/function/invocations", data=b"{}", method="POST"
+    )
+    with urllib.request.urlopen(request) as raw:  # what curl sees
+        assert raw.status == 200
+        assert raw.headers["X-Amz-Function-Error"] == "Unhandled"
+        assert json.loads(raw.read())["errorType"] == "ValueError"
+
+
+def test_an_init_failure_is_the_invoke_error_and_init_is_retried(start_function: Any) -> None:
+    function = start_function("echo", FAIL_INIT="model missing")
+    response, body = invoke(function, {})
+    assert response["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "RuntimeError"
+    assert "init failed on purpose (model missing)" in body["errorMessage"]
+    invoke(function, {})
+    assert function.cold_starts == 3  # Lambda tries a fresh init on each invoke after a failed one
+
+
+def test_a_timed_out_invocation_is_reported_and_the_environment_replaced(start_function: Any) -> None:
+    function = start_function("slow", timeout_s=1)
+    response, body = invoke(function, {"seconds": 5})
+    assert response["FunctionError"] == "Unhandled"
+    assert body == {
+        "errorMessage": "Task timed out after 1.00 seconds",
+        "errorType": "Sandbox.Timedout",
+        "stackTrace": [],
+    }
+    _, ok = invoke(function, {"seconds": 0})
+    assert ok["slept"] == 0
+    assert function.cold_starts == 2
+
+
+def test_a_crashing_function_is_reported_and_restarted(start_function: Any) -> None:
+    function = start_function("crash")
+    response, body = invoke(function, {})
+    assert response["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Runtime.ExitError"
+
+
+@pytest.mark.parametrize(("invocation_type", "status"), [("DryRun", 204), ("Event", 202)])
+def test_invocation_types(start_function: Any, invocation_type: str, status: int) -> None:
+    function = start_function("echo")
+    response = lambda_client(function).invoke(
+        FunctionName="function", InvocationType=invocation_type, Payload=b"{}"
+    )
+    assert response["StatusCode"] == status
