@@ -8,7 +8,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo up test unit integration lint format train lock clean
+.PHONY: help setup demo up test unit integration bench lint format train lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ unit: setup  ## the unit suite (tests/)
 integration: setup  ## the end-to-end test, Docker-less (integration-test/run.sh --docker for LocalStack)
 	PATH="$(CURDIR)/$(BIN):$$PATH" integration-test/run.sh
 
+bench: setup  ## benchmarks against baselines (moto over HTTP): writes benchmarks/results/
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
 lint: setup  ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -52,4 +55,4 @@ lock: | $(UV)  ## re-resolve uv.lock after editing pyproject.toml
 	$(UV) lock --python $(PYTHON)
 
 clean:  ## remove the virtualenvs, MLflow store and exported model
-	rm -rf $(VENV) .tools .mlflow model .local-aws .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .mlflow model .local-aws .bench .pytest_cache .ruff_cache

@@ -4,6 +4,7 @@ The service (model, clients) is built once per container, during Lambda's init p
 model that cannot be loaded fails the init with an error naming the URI, not the first batch.
 """
 
+import gc
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -14,6 +15,9 @@ from settings import Settings
 settings = Settings.from_env()
 logger = Logger(service="ride-duration-prediction", level=settings.log_level)
 service = build_service(settings, logger)
+# The imports leave ~150k objects that every full garbage collection would walk again: one
+# took 140 ms during a batch here. Frozen, they are never scanned, and batches keep steady.
+gc.freeze()
 
 
 @logger.inject_lambda_context(clear_state=True)

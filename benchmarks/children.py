@@ -1,0 +1,128 @@
+"""Measurements that need a fresh process: cold start and peak memory.
+
+    python -m benchmarks.children cold-ours     # import lambda_function (init) + first batch
+    python -m benchmarks.children cold-pyfunc   # mlflow.pyfunc.load_model + the same first batch
+    python -m benchmarks.children memory        # warm container: batches of 1,000, peak RSS
+
+Deliberately imports nothing at module level beyond the standard library: the imports are
+part of what is measured. Prints one JSON line (prefixed RESULT) with wall-clock timestamps;
+the parent subtracts the time it spawned the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+STARTED = time.time()
+
+
+def event(size: int, offset: int = 0) -> dict:
+    """A Kinesis event of course-format rides (the parent uses the same builder)."""
+    from local_aws.kinesis_events import event_from_payloads  # noqa: PLC0415
+
+    rides = [
+        json.dumps(
+            {
+                "ride": {
+                    "PULocationID": 1 + i % 265,
+                    "DOLocationID": 1 + (i * 7) % 265,
+                    "trip_distance": 0.5 + i % 20,
+                },
+                "ride_id": offset + i,
+            }
+        ).encode()
+        for i in range(size)
+    ]
+    return event_from_payloads(rides, stream_name="ride_events")
+
+
+class Context:
+    function_name = "ride-duration-prediction"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ride-duration-prediction"
+    memory_limit_in_mb = 512
+    aws_request_id = "bench"
+    log_group_name = "/aws/lambda/bench"
+    log_stream_name = "bench"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 60_000
+
+
+def cold_ours() -> dict:
+    import lambda_function  # noqa: PLC0415 - the init phase: imports, model download, deserialise
+
+    initialised = time.time()
+    first_batch = event(100)
+    built = time.time()
+    response = lambda_function.lambda_handler(first_batch, Context())
+    assert response == {"batchItemFailures": []}, response
+    return {
+        "initialised": initialised,
+        "answered": time.time() - (built - initialised),  # building the test event is not the function's
+        "fetch_s": lambda_function.service.model.timings["fetch_s"],
+        "deserialise_s": lambda_function.service.model.timings["deserialise_s"],
+    }
+
+
+def cold_pyfunc() -> dict:
+    import boto3  # noqa: PLC0415
+    import mlflow.pyfunc  # noqa: PLC0415
+
+    imported = time.time()
+    model = mlflow.pyfunc.load_model(os.environ["MODEL_URI"])
+    loaded = time.time()
+    first_batch = event(100)
+    built = time.time()
+    import base64  # noqa: PLC0415
+
+    from model_service import ride_features  # noqa: PLC0415 - the same features, no other service code
+
+    rides = [json.loads(base64.b64decode(r["kinesis"]["data"])) for r in first_batch["Records"]]
+    features = [
+        ride_features(r["ride"]["PULocationID"], r["ride"]["DOLocationID"], r["ride"]["trip_distance"])
+        for r in rides
+    ]
+    predictions = model.predict(features)
+    kinesis = boto3.client("kinesis")
+    kinesis.put_records(
+        StreamName=os.environ["PREDICTIONS_STREAM_NAME"],
+        Records=[
+            {
+                "Data": json.dumps({"prediction": {"ride_duration": float(p), "ride_id": r["ride_id"]}}),
+                "PartitionKey": str(r["ride_id"]),
+            }
+            for p, r in zip(predictions, rides, strict=True)
+        ],
+    )
+    return {"imported": imported, "loaded": loaded, "answered": time.time() - (built - loaded)}
+
+
+def memory(batches: int = 20, size: int = 1000) -> dict:
+    import lambda_function  # noqa: PLC0415
+
+    after_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for index in range(batches):
+        response = lambda_function.lambda_handler(event(size, offset=index * size), Context())
+        assert response == {"batchItemFailures": []}, response
+    return {
+        "rss_after_init_mb": after_init,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "batches": batches,
+        "batch_size": size,
+    }
+
+
+def main() -> None:
+    kind = sys.argv[1]
+    result = {"cold-ours": cold_ours, "cold-pyfunc": cold_pyfunc, "memory": memory}[kind]()
+    print("RESULT " + json.dumps({"started": STARTED, **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
