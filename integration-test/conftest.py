@@ -50,7 +50,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if endpoint := os.environ.get("INTEGRATION_AWS_ENDPOINT"):
         command += ["--aws-endpoint", endpoint]
     if endpoint := os.environ.get("INTEGRATION_FUNCTION_ENDPOINT"):
-        command += ["--function-endpoint", endpoint]
+        # the image's emulator serves the function under the name "function"
+        command += ["--function-endpoint", endpoint, "--function-name", "function"]
     with output.open("wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:

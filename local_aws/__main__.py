@@ -30,6 +30,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         mapping_file=args.mapping,
         aws_endpoint=args.aws_endpoint,
         function_endpoint=args.function_endpoint,
+        function_name=args.function_name,
         **({"log_dir": args.log_dir} if args.log_dir else {}),
     )
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument(
             "--function-endpoint", help="invoke this running function (e.g. the image's emulator)"
         )
+        command.add_argument("--function-name", default="ride-duration-prediction", help="name to invoke")
         command.add_argument("--log-dir", type=Path, help="where logs go (default ./.local-aws)")
 
     demo = commands.add_parser("demo", help="stream sample rides through the pipeline, print a summary, stop")
