@@ -44,3 +44,9 @@ lock: | $(UV)  ## re-resolve uv.lock after editing pyproject.toml
 
 clean:  ## remove the virtualenvs, MLflow store and exported model
 	rm -rf $(VENV) .tools .mlflow model .pytest_cache .ruff_cache
+
+# --- Deploy to AWS (README "Deploy to AWS"): STAGE names the stack, ride-duration-$(STAGE) ---
+.PHONY: requirements
+
+requirements: | $(UV)  ## requirements-lambda.txt from uv.lock: the runtime set the image installs
+	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
