@@ -46,7 +46,14 @@ clean:  ## remove the virtualenvs, MLflow store and exported model
 	rm -rf $(VENV) .tools .mlflow model .pytest_cache .ruff_cache
 
 # --- Deploy to AWS (README "Deploy to AWS"): STAGE names the stack, ride-duration-$(STAGE) ---
-.PHONY: requirements
+STAGE ?= dev
+.PHONY: requirements publish deploy
 
 requirements: | $(UV)  ## requirements-lambda.txt from uv.lock: the runtime set the image installs
 	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
+
+publish: setup  ## build the image, push it to ECR, print it by digest (MODEL_DIR=model bakes ./model in)
+	$(BIN)/python -m scripts.publish $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
+
+deploy: setup  ## create or update the stack: IMAGE=<uri@sha256:...> (first time), MODEL_URI=s3://...
+	$(BIN)/python -m scripts.deploy --stage $(STAGE) $(if $(IMAGE),--image-uri $(IMAGE)) $(if $(MODEL_URI),--model-uri $(MODEL_URI)) $(ARGS)
