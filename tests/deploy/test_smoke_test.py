@@ -25,8 +25,8 @@ from tests.deploy.conftest import STAGE
 
 
 @pytest.fixture
-def stack(client: Any) -> dict[str, str]:
-    """The outputs the smoke test reads from the stack, for streams of the same names."""
+def outputs(client: Any) -> dict[str, str]:
+    """The stack outputs the smoke test reads, for streams of the same names."""
     kinesis = client("kinesis")
     outputs = {
         "InputStreamName": f"ride-events-{STAGE}",
@@ -55,9 +55,9 @@ class FakeClock:
         then()
 
 
-def input_event(kinesis: Any, stack: dict[str, str]) -> dict[str, Any]:
+def input_event(kinesis: Any, outputs: dict[str, str]) -> dict[str, Any]:
     """What Lambda would hand the function: every record on the input stream, from its start."""
-    stream = stack["InputStreamName"]
+    stream = outputs["InputStreamName"]
     [shard] = kinesis.list_shards(StreamName=stream)["Shards"]
     iterator = kinesis.get_shard_iterator(
         StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
@@ -68,31 +68,36 @@ def input_event(kinesis: Any, stack: dict[str, str]) -> dict[str, Any]:
         )
         for r in kinesis.get_records(ShardIterator=iterator)["Records"]
     ]
-    return kinesis_event(records, shard["ShardId"], stack["InputStreamArn"])
+    return kinesis_event(records, shard["ShardId"], outputs["InputStreamArn"])
 
 
 @pytest.fixture
-def function(stack: dict[str, str], model_dir: Path, tmp_path: Path, client: Any) -> Callable[[], None]:
+def function(outputs: dict[str, str], model_dir: Path, tmp_path: Path, client: Any) -> Callable[[], None]:
     """The deployed function's work, done once: the real service, configured as the stack does."""
     settings = Settings.from_env(
         {
             "MODEL_URI": str(model_dir),
             "MODEL_CACHE_DIR": str(tmp_path),
-            "PREDICTIONS_STREAM_NAME": stack["PredictionsStreamName"],
-            "DEAD_LETTER_STREAM_NAME": stack["DeadLetterStreamName"],
+            "PREDICTIONS_STREAM_NAME": outputs["PredictionsStreamName"],
+            "DEAD_LETTER_STREAM_NAME": outputs["DeadLetterStreamName"],
         }
     )
     service = build_service(settings, RecordingLog())
-    return lambda: service.handle(input_event(client("kinesis"), stack))
+    return lambda: service.handle(input_event(client("kinesis"), outputs))
 
 
 def test_the_prediction_the_function_writes_is_found(
-    client: Any, stack: dict[str, str], function: Callable[[], None]
+    client: Any, outputs: dict[str, str], function: Callable[[], None]
 ) -> None:
     clock = FakeClock()
 
     prediction = wait_for_prediction(
-        client("kinesis"), stack, "smoke-1", timeout=30, clock=clock, sleep=lambda s: clock.sleep(s, function)
+        client("kinesis"),
+        outputs,
+        "smoke-1",
+        timeout=30,
+        clock=clock,
+        sleep=lambda s: clock.sleep(s, function),
     )
 
     assert prediction["prediction"]["ride_id"] == "smoke-1"
@@ -100,17 +105,19 @@ def test_the_prediction_the_function_writes_is_found(
     assert clock.sleeps == [smoke_test.POLL_INTERVAL_SECONDS]
 
 
-def test_predictions_for_other_rides_are_not_taken_for_ours(client: Any, stack: dict[str, str]) -> None:
+def test_predictions_for_other_rides_are_not_taken_for_ours(client: Any, outputs: dict[str, str]) -> None:
     kinesis, clock = client("kinesis"), FakeClock()
 
     def someone_elses_prediction() -> None:
         body = {"prediction": {"ride_id": "another-ride", "ride_duration": 12.0}}
-        kinesis.put_record(StreamName=stack["PredictionsStreamName"], Data=json.dumps(body), PartitionKey="x")
+        kinesis.put_record(
+            StreamName=outputs["PredictionsStreamName"], Data=json.dumps(body), PartitionKey="x"
+        )
 
     with pytest.raises(SmokeTestError, match="no prediction for ride smoke-2"):
         wait_for_prediction(
             kinesis,
-            stack,
+            outputs,
             "smoke-2",
             timeout=3,
             clock=clock,
@@ -118,30 +125,32 @@ def test_predictions_for_other_rides_are_not_taken_for_ours(client: Any, stack: 
         )
 
 
-def test_a_dead_lettered_ride_fails_with_the_reason(client: Any, stack: dict[str, str]) -> None:
+def test_a_dead_lettered_ride_fails_with_the_reason(client: Any, outputs: dict[str, str]) -> None:
     kinesis, clock = client("kinesis"), FakeClock()
 
     def dead_letter() -> None:
         letter = {"reason": "invalid ride event: ride.trip_distance: Input should be a valid number"}
         kinesis.put_record(
-            StreamName=stack["DeadLetterStreamName"], Data=json.dumps(letter), PartitionKey="smoke-3"
+            StreamName=outputs["DeadLetterStreamName"], Data=json.dumps(letter), PartitionKey="smoke-3"
         )
 
     with pytest.raises(
         SmokeTestError, match=r"ride smoke-3 was dead-lettered: invalid ride event: ride\.trip_distance"
     ):
         wait_for_prediction(
-            kinesis, stack, "smoke-3", timeout=30, clock=clock, sleep=lambda s: clock.sleep(s, dead_letter)
+            kinesis, outputs, "smoke-3", timeout=30, clock=clock, sleep=lambda s: clock.sleep(s, dead_letter)
         )
 
 
 def test_without_a_prediction_it_gives_up_at_the_timeout_and_says_where_to_look(
-    client: Any, stack: dict[str, str]
+    client: Any, outputs: dict[str, str]
 ) -> None:
     clock = FakeClock()
 
     with pytest.raises(SmokeTestError) as raised:
-        wait_for_prediction(client("kinesis"), stack, "smoke-4", timeout=4.5, clock=clock, sleep=clock.sleep)
+        wait_for_prediction(
+            client("kinesis"), outputs, "smoke-4", timeout=4.5, clock=clock, sleep=clock.sleep
+        )
 
     assert clock.sleeps == [1.0, 1.0, 1.0, 1.0, 0.5]  # polls once a second, never past the deadline
     message = str(raised.value)
@@ -151,14 +160,14 @@ def test_without_a_prediction_it_gives_up_at_the_timeout_and_says_where_to_look(
 
 
 def test_the_ride_it_puts_is_one_the_service_accepts(
-    client: Any, stack: dict[str, str], function: Callable[[], None]
+    client: Any, outputs: dict[str, str], function: Callable[[], None]
 ) -> None:
     kinesis, clock = client("kinesis"), FakeClock()
     wait_for_prediction(
-        kinesis, stack, "smoke-5", timeout=5, clock=clock, sleep=lambda s: clock.sleep(s, function)
+        kinesis, outputs, "smoke-5", timeout=5, clock=clock, sleep=lambda s: clock.sleep(s, function)
     )
 
-    [record] = input_event(kinesis, stack)["Records"]
+    [record] = input_event(kinesis, outputs)["Records"]
     assert record["kinesis"]["partitionKey"] == "smoke-5"
     assert smoke_test.ride_event("smoke-5")["ride"] == smoke_test.SAMPLE_RIDE
 
