@@ -3,8 +3,9 @@
     python -m scripts.publish                       # model from MODEL_URI at run time
     python -m scripts.publish --model-dir model     # bake `make train`'s ./model into the image
 
-The tag is the commit (`git rev-parse HEAD`), so an image says which code it holds; the
-repository refuses to move a tag (IMMUTABLE), and a commit already published is not built again.
+The tag is the commit (`git rev-parse HEAD`), with a fingerprint of the baked model if any, so
+an image says what it holds; the repository refuses to move a tag (IMMUTABLE), and a tag
+already published is not built again.
 The last line on stdout is the image URI by digest, what `scripts.deploy --image-uri` takes.
 One repository serves every stage: promoting to prod deploys the digest that ran in dev.
 Needs Docker 23+ (BuildKit) with a running engine, and AWS credentials.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import re
 import shutil
 import subprocess
@@ -73,12 +75,21 @@ def has_uncommitted_changes(run_command: Runner = subprocess.run, root: Path = P
     return bool(result.stdout.strip())
 
 
-def image_tag(commit: str, dirty: bool, now: datetime | None = None) -> str:
-    """The commit; a dirty tree gets a timestamp too, as the commit alone would not describe it."""
-    if not dirty:
-        return commit
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return f"{commit}-dirty-{stamp}"
+def model_fingerprint(model_dir: Path) -> str:
+    """12 hex digits that change with any file of the model directory (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def image_tag(commit: str, dirty: bool, model: str | None = None, now: datetime | None = None) -> str:
+    """The commit, plus the baked model's fingerprint (./model is not in git), plus the time for a
+    dirty tree (the commit alone would not describe the code)."""
+    tag = commit if model is None else f"{commit}-model-{model}"
+    if dirty:
+        tag += "-dirty-" + (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return tag
 
 
 def require_docker(run_command: Runner = subprocess.run) -> None:
@@ -210,7 +221,8 @@ def main(argv: Sequence[str] | None = None, run_command: Runner = subprocess.run
             "uncommitted changes: the commit would not describe the image. "
             "Commit first, or pass --allow-dirty"
         )
-    tag = image_tag(git_commit(run_command), dirty)
+    fingerprint = model_fingerprint(PROJECT_ROOT / model_dir) if model_dir else None
+    tag = image_tag(git_commit(run_command), dirty, fingerprint)
     require_docker(run_command)
     aws = session(args)
     account = caller_account(aws.client("sts"))

@@ -28,10 +28,21 @@ def git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def test_tag_is_the_commit_and_a_dirty_tree_adds_the_time() -> None:
+def test_tag_is_the_commit_with_the_baked_model_and_the_time_of_a_dirty_tree() -> None:
+    now = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
     assert publish.image_tag(COMMIT, dirty=False) == COMMIT
-    stamped = publish.image_tag(COMMIT, dirty=True, now=datetime(2026, 11, 25, 20, 30, tzinfo=UTC))
-    assert stamped == f"{COMMIT}-dirty-20261125T203000Z"
+    assert publish.image_tag(COMMIT, dirty=False, model="0123456789ab") == f"{COMMIT}-model-0123456789ab"
+    assert publish.image_tag(COMMIT, dirty=True, now=now) == f"{COMMIT}-dirty-20261125T203000Z"
+
+
+def test_a_retrained_model_gets_another_fingerprint(tmp_path: Path) -> None:
+    (tmp_path / "MLmodel").write_text("flavors: {}\n")
+    (tmp_path / "model.pkl").write_bytes(b"weights 1")
+    first = publish.model_fingerprint(tmp_path)
+    assert publish.model_fingerprint(tmp_path) == first
+    (tmp_path / "model.pkl").write_bytes(b"weights 2")
+    assert publish.model_fingerprint(tmp_path) != first
+    assert len(first) == 12
 
 
 def test_commit_and_uncommitted_changes_come_from_git(tmp_path: Path) -> None:
