@@ -56,3 +56,22 @@ lock: | $(UV)  ## re-resolve uv.lock after editing pyproject.toml
 
 clean:  ## remove the virtualenvs, MLflow store and exported model
 	rm -rf $(VENV) .tools .mlflow model .local-aws .bench .pytest_cache .ruff_cache
+
+# --- Deploy to AWS (README "Deploy to AWS"): STAGE names the stack, ride-duration-$(STAGE) ---
+STAGE ?= dev
+.PHONY: requirements publish deploy smoke invoke
+
+requirements: | $(UV)  ## requirements-lambda.txt from uv.lock: the runtime set the image installs
+	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
+
+publish: setup  ## build the image, push it to ECR, print it by digest (MODEL_DIR=model bakes ./model in)
+	$(BIN)/python -m scripts.publish $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
+
+deploy: setup  ## create or update the stack: IMAGE=<uri@sha256:...> (first time), MODEL_URI=s3://...
+	$(BIN)/python -m scripts.deploy --stage $(STAGE) $(if $(IMAGE),--image-uri $(IMAGE)) $(if $(MODEL_URI),--model-uri $(MODEL_URI)) $(ARGS)
+
+smoke: setup  ## put a ride on the stage's input stream and wait for its prediction
+	$(BIN)/python -m scripts.smoke_test --stage $(STAGE) $(ARGS)
+
+invoke: setup  ## invoke the stage's function once with a sample Kinesis event, print its logs
+	$(BIN)/python -m scripts.invoke --stage $(STAGE) $(ARGS)

@@ -1,0 +1,40 @@
+# The Lambda function's container image. `make publish` builds it for linux/amd64 and pushes it
+# to ECR (README "Deploy to AWS"). Needs Docker 23+ (BuildKit: RUN --mount).
+#
+#   docker build --platform linux/amd64 -t ride-duration .                      # model from MODEL_URI
+#   docker build --platform linux/amd64 --build-arg MODEL_DIR=model -t ride-duration .   # model baked in
+#
+# Python 3.11 like pyproject.toml, on a dated tag so that a rebuild gets the same runtime. It
+# runs Amazon Linux 2 (glibc 2.26): tests/deploy/test_container_image.py checks that every
+# locked runtime package has a wheel for it.
+FROM public.ecr.aws/lambda/python:3.11.2024.11.22.15
+
+# The lock's runtime set and nothing else (`make requirements` writes the file from uv.lock):
+# hashes checked, wheels only, as the image has no compiler. pip compiles their bytecode.
+COPY requirements-lambda.txt /tmp/requirements-lambda.txt
+RUN pip install --no-cache-dir --require-hashes --only-binary=:all: \
+        --target "${LAMBDA_TASK_ROOT}" --requirement /tmp/requirements-lambda.txt \
+    && rm /tmp/requirements-lambda.txt
+
+# Lambda runs the code as another user than root: the files must be readable by all.
+COPY --chmod=644 lambda_function.py model_service.py ride_events.py kinesis_output.py model_loading.py \
+     settings.py ${LAMBDA_TASK_ROOT}/
+
+# The task root is read-only at run time: without .pyc files every cold start compiles in memory.
+RUN python -m compileall -q "${LAMBDA_TASK_ROOT}"
+
+# Optional: an MLflow model directory of the build context (e.g. `make train`'s ./model), so the
+# function starts without reaching S3. MODEL_URI (the function's environment) overrides it.
+ARG MODEL_DIR=""
+ENV MODEL_URI=/opt/ml/model
+RUN --mount=type=bind,target=/tmp/build-context \
+    if [ -n "${MODEL_DIR}" ]; then \
+        if [ ! -f "/tmp/build-context/${MODEL_DIR}/MLmodel" ]; then \
+            echo "MODEL_DIR=${MODEL_DIR}: no MLmodel file there (is it an MLflow model directory inside the build context?)" >&2; \
+            exit 1; \
+        fi; \
+        mkdir -p /opt/ml && cp -r "/tmp/build-context/${MODEL_DIR}" /opt/ml/model \
+            && chmod -R a+rX /opt/ml/model; \
+    fi
+
+CMD ["lambda_function.lambda_handler"]

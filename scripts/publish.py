@@ -1,0 +1,235 @@
+"""Build the Lambda image and push it to ECR under an immutable tag; print it by digest.
+
+    python -m scripts.publish                       # model from MODEL_URI at run time
+    python -m scripts.publish --model-dir model     # bake `make train`'s ./model into the image
+
+The tag is the commit (`git rev-parse HEAD`), with a fingerprint of the baked model if any, so
+an image says what it holds; the repository refuses to move a tag (IMMUTABLE), and a tag
+already published is not built again.
+The last line on stdout is the image URI by digest, what `scripts.deploy --image-uri` takes.
+One repository serves every stage: promoting to prod deploys the digest that ran in dev.
+Needs Docker 23+ (BuildKit) with a running engine, and AWS credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scripts.stack import PROJECT_ROOT, PrerequisiteError, caller_account, run, say, session
+
+DEFAULT_REPOSITORY = "ride-duration"
+# Lambda runs the function on x86_64 (infra/template.yaml, Architectures).
+PLATFORM = "linux/amd64"
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+IMAGE_BY_DIGEST = re.compile(
+    r"^(?P<registry>(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com)"
+    r"/(?P<repository>[a-z0-9][a-z0-9._/-]*)@(?P<digest>sha256:[0-9a-f]{64})$"
+)
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def image_uri_by_digest(repository_uri: str, digest: str) -> str:
+    if not DIGEST.match(digest):
+        raise ValueError(f"not an image digest: {digest!r}")
+    return f"{repository_uri}@{digest}"
+
+
+def parse_image_uri(uri: str) -> dict[str, str]:
+    """registry, account, region, repository and digest of an ECR image URI by digest."""
+    match = IMAGE_BY_DIGEST.match(uri)
+    if not match:
+        raise PrerequisiteError(
+            f"not an ECR image URI by digest: {uri!r} (expected "
+            "<account>.dkr.ecr.<region>.amazonaws.com/<repository>@sha256:<64 hex>, "
+            "the last line `make publish` prints)"
+        )
+    return match.groupdict()
+
+
+def git_commit(run_command: Runner = subprocess.run, root: Path = PROJECT_ROOT) -> str:
+    result = run_command(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise PrerequisiteError(f"cannot read the git commit of {root}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def has_uncommitted_changes(run_command: Runner = subprocess.run, root: Path = PROJECT_ROOT) -> bool:
+    """Changes to tracked files; untracked files (./model, data) never reach the image unasked."""
+    result = run_command(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return bool(result.stdout.strip())
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """12 hex digits that change with any file of the model directory (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def image_tag(commit: str, dirty: bool, model: str | None = None, now: datetime | None = None) -> str:
+    """The commit, plus the baked model's fingerprint (./model is not in git), plus the time for a
+    dirty tree (the commit alone would not describe the code)."""
+    tag = commit if model is None else f"{commit}-model-{model}"
+    if dirty:
+        tag += "-dirty-" + (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return tag
+
+
+def require_docker(run_command: Runner = subprocess.run) -> None:
+    if shutil.which("docker") is None:
+        raise PrerequisiteError(
+            "docker not found: publishing builds the image with Docker 23+ (BuildKit). "
+            "Install Docker, or publish from a machine or CI runner that has it"
+        )
+    result = run_command(["docker", "info"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        reason = (result.stderr or result.stdout).strip().splitlines()
+        raise PrerequisiteError(
+            "the Docker engine is not reachable (`docker info` failed"
+            + (f": {reason[-1]}" if reason else "")
+            + "): start Docker and try again"
+        )
+
+
+def validate_model_dir(model_dir: Path, root: Path = PROJECT_ROOT) -> str:
+    """The model directory as the build argument wants it: a path inside the build context."""
+    resolved = (root / model_dir).resolve() if not model_dir.is_absolute() else model_dir.resolve()
+    if not (resolved / "MLmodel").is_file():
+        raise PrerequisiteError(
+            f"{model_dir} is not an MLflow model directory (no MLmodel file): run `make train`"
+        )
+    try:
+        return resolved.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise PrerequisiteError(
+            f"{model_dir} is outside the build context {root}: copy it into the project first"
+        ) from None
+
+
+def ensure_repository(ecr: Any, name: str) -> str:
+    """The repository's URI; created on first use with immutable tags and scanning on push."""
+    try:
+        return ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"]
+    except ecr.exceptions.RepositoryNotFoundException:
+        say(f"creating ECR repository {name} (immutable tags, scan on push)")
+        created = ecr.create_repository(
+            repositoryName=name,
+            imageTagMutability="IMMUTABLE",
+            imageScanningConfiguration={"scanOnPush": True},
+            encryptionConfiguration={"encryptionType": "AES256"},
+        )
+        return created["repository"]["repositoryUri"]
+
+
+def tagged_digest(ecr: Any, repository: str, tag: str) -> str | None:
+    """The digest of the image with this tag, or None if there is none."""
+    try:
+        images = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])["imageDetails"]
+    except ecr.exceptions.ImageNotFoundException:
+        return None
+    return images[0]["imageDigest"] if images else None
+
+
+def docker_login(ecr: Any, registry: str, run_command: Runner = subprocess.run) -> None:
+    token = ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    user, password = base64.b64decode(token).decode().split(":", 1)
+    run_command(
+        ["docker", "login", "--username", user, "--password-stdin", registry],
+        input=password,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
+def build_command(reference: str, model_dir: str | None, root: Path = PROJECT_ROOT) -> list[str]:
+    command = ["docker", "build", "--platform", PLATFORM, "--tag", reference]
+    # Lambda rejects the image index (with attestations) that BuildKit makes by default.
+    command += ["--provenance=false"]
+    if model_dir:
+        command += ["--build-arg", f"MODEL_DIR={model_dir}"]
+    return [*command, str(root)]
+
+
+def publish(
+    ecr: Any,
+    repository: str,
+    tag: str,
+    model_dir: str | None,
+    run_command: Runner = subprocess.run,
+) -> str:
+    """Build and push unless this tag exists; the image URI by digest."""
+    repository_uri = ensure_repository(ecr, repository)
+    existing = tagged_digest(ecr, repository, tag)
+    if existing:
+        say(f"{repository}:{tag} is already published; not building it again")
+        return image_uri_by_digest(repository_uri, existing)
+    reference = f"{repository_uri}:{tag}"
+    say(f"building {reference}")
+    run_command(build_command(reference, model_dir), check=True)
+    docker_login(ecr, repository_uri.split("/", 1)[0], run_command)
+    say(f"pushing {reference}")
+    run_command(["docker", "push", reference], check=True)
+    digest = tagged_digest(ecr, repository, tag)
+    if not digest:
+        raise PrerequisiteError(f"pushed {reference}, but ECR does not list it")
+    return image_uri_by_digest(repository_uri, digest)
+
+
+def parser() -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(
+        prog="python -m scripts.publish",
+        description=__doc__.split("\n\n", 1)[0],
+        epilog="Prints the image URI by digest on stdout; pass it to `make deploy IMAGE=...`.",
+    )
+    result.add_argument(
+        "--repository", default=DEFAULT_REPOSITORY, help="ECR repository (default: %(default)s)"
+    )
+    result.add_argument("--model-dir", type=Path, help="bake this MLflow model directory into the image")
+    result.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION, or the profile's region)")
+    result.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="publish uncommitted changes, tagged <commit>-dirty-<UTC time>",
+    )
+    return result
+
+
+def main(argv: Sequence[str] | None = None, run_command: Runner = subprocess.run) -> int:
+    args = parser().parse_args(argv)
+    model_dir = validate_model_dir(args.model_dir) if args.model_dir else None
+    dirty = has_uncommitted_changes(run_command)
+    if dirty and not args.allow_dirty:
+        raise PrerequisiteError(
+            "uncommitted changes: the commit would not describe the image. "
+            "Commit first, or pass --allow-dirty"
+        )
+    fingerprint = model_fingerprint(PROJECT_ROOT / model_dir) if model_dir else None
+    tag = image_tag(git_commit(run_command), dirty, fingerprint)
+    require_docker(run_command)
+    aws = session(args)
+    account = caller_account(aws.client("sts"))
+    say(f"account {account}, region {aws.region_name}")
+    print(publish(aws.client("ecr"), args.repository, tag, model_dir, run_command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

@@ -1,0 +1,135 @@
+"""Fixtures for the deployment tests: moto behind a real HTTP endpoint, a published image, a stack.
+
+The scripts run as users run them: boto3 clients built from the environment, pointed at a
+moto server on 127.0.0.1 by AWS_ENDPOINT_URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+from scripts.deploy import Deployment, deploy
+from scripts.stack import PROJECT_ROOT, TEMPLATE
+
+REGION = "us-east-1"
+STAGE = "test"
+STACK = f"ride-duration-{STAGE}"
+
+CFN_LINT_TEST = "test_template_passes_cfn_lint_including_informational_rules"
+CFN_LINT_KEY = pytest.StashKey[subprocess.Popen[str]]()
+# moto's CloudFormation skips the alarms and the bucket policy, with a warning for each (the
+# tests check those statically).
+MOTO_SKIPS_RESOURCE = pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected what will not run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(MOTO_SKIPS_RESOURCE)
+    # cfn-lint spends ~6 s importing its rules: start it now, in the background, and let its test
+    # collect the result (2 cores: it runs while the other tests do).
+    if not config.option.collectonly and any(item.name == CFN_LINT_TEST for item in items):
+        config.stash[CFN_LINT_KEY] = subprocess.Popen(
+            [str(Path(sys.executable).parent / "cfn-lint"), "--include-checks", "I", "--", str(TEMPLATE)],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An interrupted run leaves no linter behind."""
+    process = session.config.stash.get(CFN_LINT_KEY, None)
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture
+def cfn_lint_result(pytestconfig: pytest.Config) -> tuple[int, str]:
+    process = pytestconfig.stash[CFN_LINT_KEY]
+    output, _ = process.communicate(timeout=120)
+    return process.returncode, output
+
+
+@pytest.fixture(autouse=True)
+def nothing_outside_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until a test asks for moto (aws_endpoint), every AWS call goes to a closed local port."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> None:
+    request = urllib.request.Request(  # noqa: S310 - our own server on 127.0.0.1
+        f"{endpoint}/moto-api/{path}", data=json.dumps(body or {}).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+        pass
+
+
+@pytest.fixture
+def aws_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An empty moto account behind AWS_ENDPOINT_URL, seen by every boto3 client."""
+    moto_api(moto_server, "reset")
+    # moto cannot run an image function; without Docker its Lambda answers an invocation with a
+    # configured response instead (test_invoke.py).
+    moto_api(moto_server, "config", {"lambda": {"use_docker": False}})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    return moto_server
+
+
+@pytest.fixture
+def client(aws_endpoint: str) -> Any:
+    """boto3.client, for the test's own look at the account."""
+    return lambda service: boto3.client(service, region_name=REGION)
+
+
+def publish_fake_image(ecr: Any, repository: str = "ride-duration", tag: str = "0" * 40) -> str:
+    """An image in (moto's) ECR, as `make publish` leaves it; its URI by digest."""
+    try:
+        uri = ecr.create_repository(repositoryName=repository)["repository"]["repositoryUri"]
+    except ecr.exceptions.RepositoryAlreadyExistsException:
+        uri = ecr.describe_repositories(repositoryNames=[repository])["repositories"][0]["repositoryUri"]
+    # moto derives the digest from the layers' digests: one layer per tag, one digest per tag.
+    layer = {"digest": "sha256:" + hashlib.sha256(tag.encode()).hexdigest(), "size": 1}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "layers": [layer],
+    }
+    digest = ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)
+    return f"{uri}@{digest['image']['imageId']['imageDigest']}"
+
+
+@pytest.fixture
+def image_uri(client: Any) -> str:
+    return publish_fake_image(client("ecr"))
+
+
+@pytest.fixture
+def stack(client: Any, image_uri: str) -> dict[str, str]:
+    """The template deployed by the deploy script's own create path; its outputs."""
+    _, after = deploy(client("cloudformation"), STACK, STAGE, Deployment(image_uri=image_uri))
+    return {o["OutputKey"]: o["OutputValue"] for o in after["Outputs"]}
