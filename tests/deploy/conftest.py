@@ -82,10 +82,10 @@ def moto_server() -> Iterator[str]:
 
 
 def moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> None:
-    request = urllib.request.Request(  # noqa: S310 - our own server on 127.0.0.1
+    request = urllib.request.Request(
         f"{endpoint}/moto-api/{path}", data=json.dumps(body or {}).encode(), method="POST"
     )
-    with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10):
         pass
 
 
