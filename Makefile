@@ -6,6 +6,9 @@ UV := .tools/bin/uv
 BIN := $(VENV)/bin
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
+# Compile .pyc at install: this machine sets PYTHONDONTWRITEBYTECODE=1, so otherwise every
+# process (tests, moto server, the function) recompiles scipy, sklearn and boto3 from source.
+export UV_COMPILE_BYTECODE := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo up test unit integration bench lint format train lock clean
