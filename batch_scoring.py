@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ class Trips:
             columns.append(self.dropoff_column)
         return self.file.iter_batches(batch_size=chunk_rows, columns=columns)
 
+    @cached_property
     def output_schema(self) -> pa.Schema:
         schema = self.file.schema_arrow
         return pa.schema(
@@ -261,9 +263,9 @@ def score_chunk(
         predicted[positions] = predict_durations(model, rides)
         summary.model_calls += 1
     non_finite = ~np.isfinite(predicted) & np.array([reason is None for reason in reasons])
+    predicted[non_finite] = np.nan  # +-inf, stored as null like every row without a prediction
     for row in np.flatnonzero(non_finite):
         reasons[row] = "model returned a non-finite prediction"
-        predicted[row] = np.nan
     actual = actual_minutes(batch, trips)
     summary.rows += batch.num_rows
     summary.predicted += int(np.isfinite(predicted).sum())
@@ -279,7 +281,7 @@ def score_chunk(
             pa.array([model.info.version] * batch.num_rows, pa.string()),
             pa.array(reasons, pa.string()),
         ],
-        schema=trips.output_schema(),
+        schema=trips.output_schema,
     )
 
 
@@ -293,8 +295,9 @@ def score(
     """Score every row of `trips` into `output_uri`; `on_chunk(rows)` after each chunk is written."""
     summary = ScoringSummary(trips.uri, output_uri, model.info.version)
     started = time.perf_counter()
-    with _parquet_writer(output_uri, trips.output_schema()) as writer:
+    with _parquet_writer(output_uri, trips.output_schema) as writer:
         for batch in trips.chunks(chunk_rows):
+            # summary.rows counts the rows before this chunk: the first ride id in it.
             writer.write_table(score_chunk(model, trips, batch, summary.rows, summary))
             if on_chunk:
                 on_chunk(batch.num_rows)

@@ -119,6 +119,27 @@ def test_rows_that_cannot_be_predicted_are_kept_with_a_reason_and_counted(
     assert all(row["actual_duration"] == 20.0 for row in out)
 
 
+def test_a_non_finite_prediction_is_stored_as_null_with_the_reason(
+    model: LoadedModel, tmp_path: Path
+) -> None:
+    write_trips(tmp_path / "trips.parquet", 3)
+
+    class InfiniteOnFirstRide:
+        def predict(self, features: list[dict[str, Any]]) -> list[float]:
+            return [math.inf] + [12.5] * (len(features) - 1)
+
+    summary = score(
+        replace(model, predictor=InfiniteOnFirstRide()),
+        open_trips(str(tmp_path / "trips.parquet")),
+        str(tmp_path / "out.parquet"),
+    )
+
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out["predicted_duration"].to_pylist() == [None, 12.5, 12.5]
+    assert out["no_prediction_reason"].to_pylist() == ["model returned a non-finite prediction", None, None]
+    assert (summary.predicted, summary.compared) == (2, 2)
+
+
 def rmse_line(output: str) -> str:
     return next(line for line in output.splitlines() if line.startswith("RMSE"))
 
