@@ -58,7 +58,7 @@ lock: | $(UV)  ## re-resolve uv.lock after editing pyproject.toml
 	$(UV) lock --python $(PYTHON)
 
 clean:  ## remove the virtualenvs, MLflow store and exported model
-	rm -rf $(VENV) .tools .mlflow model .local-aws .bench .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .mlflow model data .local-aws .bench .pytest_cache .ruff_cache
 
 # --- Deploy to AWS (README "Deploy to AWS"): STAGE names the stack, ride-duration-$(STAGE) ---
 STAGE ?= dev
@@ -78,3 +78,30 @@ smoke: setup  ## put a ride on the stage's input stream and wait for its predict
 
 invoke: setup  ## invoke the stage's function once with a sample Kinesis event, print its logs
 	$(BIN)/python -m scripts.invoke --stage $(STAGE) $(ARGS)
+
+# --- Web service and batch scoring (same model path as the function) ---------------------
+.PHONY: serve score
+# MODEL_URI (the same variable as the function's) defaults to ./model here; deploy reads it too,
+# so the default is applied per target, not globally.
+SERVE_MODEL_URI = $(or $(MODEL_URI),model)
+BIND ?= 127.0.0.1:8000
+WORKERS ?= 2
+INPUT ?= data/synthetic-trips.parquet
+OUTPUT ?= data/predictions.parquet
+# The default model (./model) and input are made on first use, so both work on a clean clone.
+LOCAL_MODEL := $(if $(filter model,$(SERVE_MODEL_URI)),model/MLmodel)
+SAMPLE_INPUT := $(filter data/synthetic-trips.parquet,$(INPUT))
+
+model/MLmodel: | $(VENV)/.installed
+	$(BIN)/python -m scripts.train --export-dir model
+
+data/synthetic-trips.parquet: | $(VENV)/.installed
+	mkdir -p data
+	$(BIN)/python -m scripts.train --write-synthetic $@
+
+serve: setup $(LOCAL_MODEL)  ## HTTP predictions under gunicorn (MODEL_URI=model BIND=127.0.0.1:8000 WORKERS=2)
+	MODEL_URI='$(SERVE_MODEL_URI)' $(BIN)/gunicorn --bind $(BIND) --workers $(WORKERS) --preload \
+		--no-control-socket --access-logfile - 'web_service:app_from_env()'
+
+score: setup $(LOCAL_MODEL) $(SAMPLE_INPUT)  ## batch predictions (INPUT=… OUTPUT=… local or s3://, ARGS=…)
+	MODEL_URI='$(SERVE_MODEL_URI)' $(BIN)/python -m batch_scoring '$(INPUT)' '$(OUTPUT)' $(ARGS)

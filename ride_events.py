@@ -144,12 +144,17 @@ def describe_validation_error(error: ValidationError) -> str:
     problems = error.errors(include_url=False, include_input=False)
     if any(problem["type"] == "json_invalid" for problem in problems):
         return f"data is not JSON: {problems[0]['msg'].removeprefix('Invalid JSON: ')}"
-    parts = []
-    for problem in problems:
-        field = ".".join(str(part) for part in problem["loc"]) or "event"
-        message = problem["msg"].removeprefix("Value error, ")
-        parts.append(f"{field}: {message}")
-    return "invalid ride event: " + "; ".join(parts)
+    return "invalid ride event: " + "; ".join(f"{f}: {r}" for f, r in validation_problems(error))
+
+
+def validation_problems(error: ValidationError, root: str = "event") -> list[tuple[str, str]]:
+    """(field, reason) per failure, fields dotted (`ride.trip_distance`, `1.PULocationID` in a
+    list); `root` names the whole input. Shared by the stream, web and batch modes."""
+    problems = error.errors(include_url=False, include_input=False)
+    return [
+        (".".join(str(part) for part in p["loc"]) or root, p["msg"].removeprefix("Value error, "))
+        for p in problems
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,3 +149,153 @@ class FakeLambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return 60_000
+
+
+# --- The web service under gunicorn, over real HTTP -------------------------------------------
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# gunicorn's boot is mostly importing scikit-learn: ~8 s on this cold, shared machine.
+GUNICORN_START_TIMEOUT_S = 60
+
+
+@dataclass
+class WebServer:
+    """A running gunicorn, its address, and its log (attached to any failing test's report)."""
+
+    host: str
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any, str]:
+        """Status, the body decoded from JSON (text if it is not JSON), and the content type."""
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            raw = response.read().decode()
+            content_type = response.getheader("Content-Type", "")
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(raw), content_type
+        except ValueError:
+            return response.status, raw, content_type
+
+    def post(self, path: str, payload: Any) -> tuple[int, Any, str]:
+        return self.call("POST", path, json.dumps(payload).encode())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def gunicorn_command(*options: str) -> list[str]:
+    """The command `make serve` runs, on a port the OS picks (no race for a 'free' port)."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        "127.0.0.1:0",
+        "--preload",
+        "--no-control-socket",
+        "--access-logfile",
+        "-",
+        *options,
+        "web_service:app_from_env()",
+    ]
+
+
+def service_environment(**variables: str) -> dict[str, str]:
+    """This process's environment without the developer's AWS and model settings, plus these."""
+    env = {name: value for name, value in os.environ.items() if name not in AWS_VARIABLES}
+    return {**env, **variables}
+
+
+class GunicornProcess:
+    """gunicorn started in its own process group, so that stopping it stops its workers too."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1) -> None:
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                gunicorn_command("--workers", str(workers)),
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.server: WebServer | None = None
+
+    def wait_until_healthy(self) -> WebServer:
+        """The port from gunicorn's log, then /health until it answers 200 (never a fixed sleep)."""
+        deadline = time.monotonic() + GUNICORN_START_TIMEOUT_S
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"gunicorn exited with {self.process.returncode}:\n{self.log_path.read_text()}"
+                )
+            if self.server is None and (
+                found := re.search(r"Listening at: http://([\d.]+):(\d+)", self.log_path.read_text())
+            ):
+                self.server = WebServer(found[1], int(found[2]), self.log_path)
+            if self.server is not None and self._healthy(self.server):
+                return self.server
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"gunicorn not healthy after {GUNICORN_START_TIMEOUT_S} s:\n{self.log_path.read_text()}"
+                )
+            time.sleep(0.05)
+
+    @staticmethod
+    def _healthy(server: WebServer) -> bool:
+        try:
+            return server.call("GET", "/health")[0] == 200
+        except OSError:
+            return False  # the worker is still booting
+
+    def stop(self) -> None:
+        # The whole group at once: a graceful shutdown costs ~2 s and there is no state to save.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def web_server_process(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GunicornProcess]:
+    """One gunicorn for the session, serving the trained model, configured as the function is."""
+    root = tmp_path_factory.mktemp("web")
+    env = service_environment(MODEL_URI=str(model_dir), MODEL_CACHE_DIR=str(root / "cache"))
+    process = GunicornProcess(env, root / "gunicorn.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def start_web_server_early(request: pytest.FixtureRequest) -> None:
+    """When some selected test needs the server, start it before the first test: it then boots
+    on the other core while the suite runs, instead of holding up the first test that needs it."""
+    if any("web_server" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("web_server_process")
+
+
+@pytest.fixture(scope="session")
+def web_server(web_server_process: GunicornProcess) -> WebServer:
+    return web_server_process.wait_until_healthy()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test that used the server shows the server's log."""
+    outcome = yield
+    report = outcome.get_result()
+    server = getattr(item, "funcargs", {}).get("web_server")
+    if report.failed and isinstance(server, WebServer):
+        report.sections.append(("gunicorn log", server.log()[-10_000:]))

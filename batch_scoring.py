@@ -1,0 +1,362 @@
+"""Batch scoring: TLC trip data (parquet) in, one prediction per trip (parquet) out.
+
+    MODEL_URI=model python -m batch_scoring green_tripdata_2021-01.parquet predictions.parquet
+    python -m batch_scoring s3://bucket/trips.parquet s3://bucket/predictions.parquet   # or: make score
+
+Reads and writes in chunks (`--chunk-rows`), with ONE model call per chunk through
+`model_service.predict_durations` and the same `ride_events.Ride` validation as the stream and
+the web service, so a trip gets the same prediction whichever way it is asked for. Memory
+holds one chunk and one parquet row group of the input, however many row groups the input
+has (see READ_BUFFER_BYTES).
+
+Output, one row per input row, in input order:
+  ride_id               the row's position in the input (0-based): TLC files carry no trip id
+  pickup_datetime       the input's lpep_/tpep_pickup_datetime
+  PULocationID, DOLocationID, trip_distance   as in the input
+  predicted_duration    minutes; null when the row cannot be predicted
+  actual_duration       minutes from the pick-up and drop-off times, when the input has them
+  model_version         the model's registry version or run id
+  no_prediction_reason  why predicted_duration is null (e.g. "trip_distance: missing"), else null
+
+Rows that cannot be predicted (a null or non-integer zone, a null, negative or non-finite
+distance) are kept with a reason, counted, and listed in the summary: never dropped silently.
+S3 is reached with pyarrow's own S3 client, pointed at boto3's standard endpoint variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from model_loading import LoadedModel, ModelLoadError
+from model_service import load_configured_model, predict_durations
+from ride_events import Ride, validation_problems
+from settings import ConfigurationError, Settings
+
+FEATURE_COLUMNS = ("PULocationID", "DOLocationID", "trip_distance")
+# Green taxi files use lpep_, yellow taxi files tpep_.
+PICKUP_COLUMNS = ("lpep_pickup_datetime", "tpep_pickup_datetime")
+DROPOFF_COLUMNS = ("lpep_dropoff_datetime", "tpep_dropoff_datetime")
+# The range the model was trained on (scripts/train.py): the summary gives RMSE within it too,
+# because real files hold trips of 0 minutes or several days that swamp the overall figure.
+TRAINED_RANGE_MINUTES = (1.0, 60.0)
+DEFAULT_CHUNK_ROWS = 50_000
+# Reading: pyarrow's default pre-buffering reads ahead every row group of the file (memory
+# grows with the input: measured ~25 bytes a row), so it is off. Unbuffered, a column chunk is
+# read whole; through a buffer it streams (a 2M-row file of one row group: 49 MB held
+# unbuffered, 11 MB with 1 MiB buffers). Parquet still decodes a row group at a time, so memory
+# is one chunk plus at most one row group of the input, whatever the number of row groups.
+READ_BUFFER_BYTES = 1 << 20
+MINUTE_IN_UNITS = {"s": 60, "ms": 60_000, "us": 60_000_000, "ns": 60_000_000_000}
+
+
+class ScoringError(Exception):
+    """Bad input or output (missing file, not parquet, missing columns); the message says which."""
+
+
+@dataclass(frozen=True)
+class Trips:
+    """An opened TLC trip file and which of its columns hold what."""
+
+    uri: str
+    file: pq.ParquetFile
+    pickup_column: str
+    dropoff_column: str | None
+
+    @property
+    def rows(self) -> int:
+        return self.file.metadata.num_rows
+
+    def chunks(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        columns = [self.pickup_column, *FEATURE_COLUMNS]
+        if self.dropoff_column:
+            columns.append(self.dropoff_column)
+        return self.file.iter_batches(batch_size=chunk_rows, columns=columns)
+
+    @cached_property
+    def output_schema(self) -> pa.Schema:
+        schema = self.file.schema_arrow
+        return pa.schema(
+            [
+                pa.field("ride_id", pa.int64()),
+                pa.field("pickup_datetime", schema.field(self.pickup_column).type),
+                *(schema.field(name) for name in FEATURE_COLUMNS),
+                pa.field("predicted_duration", pa.float64()),
+                pa.field("actual_duration", pa.float64()),
+                pa.field("model_version", pa.string()),
+                pa.field("no_prediction_reason", pa.string()),
+            ]
+        )
+
+
+@dataclass
+class ScoringSummary:
+    """What a run did: counts, why rows were not predicted, and the error where it is known."""
+
+    input: str
+    output: str
+    model_version: str
+    rows: int = 0
+    predicted: int = 0
+    model_calls: int = 0
+    not_predicted: Counter[str] = field(default_factory=Counter)
+    squared_error: float = 0.0
+    compared: int = 0
+    squared_error_in_range: float = 0.0
+    compared_in_range: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rmse(self) -> float | None:
+        return math.sqrt(self.squared_error / self.compared) if self.compared else None
+
+    @property
+    def rmse_in_range(self) -> float | None:
+        return (
+            math.sqrt(self.squared_error_in_range / self.compared_in_range)
+            if self.compared_in_range
+            else None
+        )
+
+    def add_errors(self, predicted: np.ndarray, actual: np.ndarray) -> None:
+        """Running sums, not the rows: memory stays flat however many rows are compared."""
+        known = ~np.isnan(predicted) & ~np.isnan(actual)
+        error = predicted[known] - actual[known]
+        low, high = TRAINED_RANGE_MINUTES
+        in_range = (actual[known] >= low) & (actual[known] <= high)
+        self.squared_error += float(np.sum(error**2))
+        self.compared += int(known.sum())
+        self.squared_error_in_range += float(np.sum(error[in_range] ** 2))
+        self.compared_in_range += int(in_range.sum())
+
+    def lines(self) -> list[str]:
+        rate = self.rows / self.seconds if self.seconds else 0.0
+        lines = [
+            f"scored {self.rows:,} rows of {self.input} in {self.seconds:.1f} s ({rate:,.0f} rows/s, "
+            f"{self.model_calls} model call{'s' if self.model_calls != 1 else ''}), model version {self.model_version}",
+            f"predicted {self.predicted:,}; not predicted {self.rows - self.predicted:,}",
+        ]
+        lines += [f"  {count:,} x {reason}" for reason, count in self.not_predicted.most_common(5)]
+        if len(self.not_predicted) > 5:
+            lines.append(
+                f"  ... and {len(self.not_predicted) - 5} other reasons (no_prediction_reason column)"
+            )
+        if self.rmse is None:
+            lines.append("RMSE: no actual durations in the input (no drop-off times)")
+        else:
+            low, high = TRAINED_RANGE_MINUTES
+            in_range = f"{self.rmse_in_range:.2f}" if self.rmse_in_range is not None else "n/a"
+            lines.append(
+                f"RMSE {self.rmse:.2f} min over {self.compared:,} rides with an actual duration; "
+                f"{in_range} min over the {self.compared_in_range:,} of {low:g}-{high:g} min (the training range)"
+            )
+        lines.append(f"wrote {self.output}")
+        return lines
+
+
+def filesystem_for(uri: str, env: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """A local path or s3://bucket/key, as a pyarrow filesystem and the path within it."""
+    if uri.startswith("s3://"):
+        env = os.environ if env is None else env
+        # pyarrow's C++ S3 client is not boto3: hand it boto3's standard endpoint variables
+        # (AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL) so moto or LocalStack work unchanged.
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+        return pafs.S3FileSystem(endpoint_override=endpoint, region=region), uri.removeprefix("s3://")
+    if "://" in uri:
+        raise ScoringError(f"{uri}: only local paths and s3:// URIs are supported")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+
+
+def open_trips(uri: str) -> Trips:
+    """Open the input and check it holds TLC trip columns; ScoringError names what is wrong."""
+    filesystem, path = filesystem_for(uri)
+    try:
+        kind = filesystem.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            raise ScoringError(f"{uri}: no such file")
+        if kind == pafs.FileType.Directory:
+            raise ScoringError(f"{uri}: is a directory; give one parquet file")
+        file = pq.ParquetFile(
+            filesystem.open_input_file(path), pre_buffer=False, buffer_size=READ_BUFFER_BYTES
+        )
+    except (pa.ArrowInvalid, OSError) as error:  # not parquet, access denied, no bucket...
+        raise ScoringError(f"{uri}: cannot read as parquet: {error}") from None
+    names = file.schema_arrow.names
+    pickup = next((name for name in PICKUP_COLUMNS if name in names), None)
+    missing = [name for name in FEATURE_COLUMNS if name not in names]
+    if pickup is None:
+        missing.insert(0, " or ".join(PICKUP_COLUMNS))
+    if missing:
+        raise ScoringError(f"{uri}: missing columns {missing}: expected NYC TLC trip data (green or yellow)")
+    dropoff = next((name for name in DROPOFF_COLUMNS if name in names), None)
+    for column in filter(None, (pickup, dropoff)):
+        if not pa.types.is_timestamp(file.schema_arrow.field(column).type):
+            raise ScoringError(
+                f"{uri}: column {column} is {file.schema_arrow.field(column).type}, not a timestamp"
+            )
+    return Trips(uri, file, pickup, dropoff)
+
+
+def _zone(value: Any) -> Any:
+    # pandas stores an integer column that holds nulls as float64: 130.0 is zone 130. Other
+    # floats (130.5, NaN) are left for Ride's validation to refuse.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def validate_rows(batch: pa.RecordBatch) -> tuple[list[Ride], list[int], list[str | None]]:
+    """The valid rides, their positions in the batch, and a reason per row that is not one."""
+    pickup_zones, dropoff_zones, distances = (batch.column(name).to_pylist() for name in FEATURE_COLUMNS)
+    rides: list[Ride] = []
+    positions: list[int] = []
+    reasons: list[str | None] = [None] * batch.num_rows
+    for row, values in enumerate(zip(pickup_zones, dropoff_zones, distances, strict=True)):
+        nulls = [name for name, value in zip(FEATURE_COLUMNS, values, strict=True) if value is None]
+        if nulls:
+            reasons[row] = "; ".join(f"{name}: missing" for name in nulls)
+            continue
+        try:
+            ride = Ride(PULocationID=_zone(values[0]), DOLocationID=_zone(values[1]), trip_distance=values[2])
+        except ValidationError as error:
+            reasons[row] = "; ".join(f"{f}: {r}" for f, r in validation_problems(error, root="row"))
+            continue
+        rides.append(ride)
+        positions.append(row)
+    return rides, positions, reasons
+
+
+def actual_minutes(batch: pa.RecordBatch, trips: Trips) -> pa.Array:
+    """Drop-off minus pick-up in minutes (null where either is null, or without drop-off times)."""
+    if trips.dropoff_column is None:
+        return pa.nulls(batch.num_rows, pa.float64())
+    pickup = batch.column(trips.pickup_column)
+    dropoff = batch.column(trips.dropoff_column).cast(pickup.type)
+    elapsed = pc.subtract(dropoff, pickup).cast(pa.int64())
+    return pc.divide(elapsed.cast(pa.float64()), float(MINUTE_IN_UNITS[pickup.type.unit]))
+
+
+def score_chunk(
+    model: LoadedModel, trips: Trips, batch: pa.RecordBatch, first_ride_id: int, summary: ScoringSummary
+) -> pa.Table:
+    """One chunk: validate, ONE model call for its valid rides, the output rows."""
+    rides, positions, reasons = validate_rows(batch)
+    predicted = np.full(batch.num_rows, np.nan)
+    if rides:
+        predicted[positions] = predict_durations(model, rides)
+        summary.model_calls += 1
+    non_finite = ~np.isfinite(predicted) & np.array([reason is None for reason in reasons])
+    predicted[non_finite] = np.nan  # +-inf, stored as null like every row without a prediction
+    for row in np.flatnonzero(non_finite):
+        reasons[row] = "model returned a non-finite prediction"
+    actual = actual_minutes(batch, trips)
+    summary.rows += batch.num_rows
+    summary.predicted += int(np.isfinite(predicted).sum())
+    summary.not_predicted.update(reason for reason in reasons if reason is not None)
+    summary.add_errors(predicted, actual.to_numpy(zero_copy_only=False))
+    return pa.table(
+        [
+            pa.array(np.arange(first_ride_id, first_ride_id + batch.num_rows), pa.int64()),
+            batch.column(trips.pickup_column),
+            *(batch.column(name) for name in FEATURE_COLUMNS),
+            pa.array(predicted, pa.float64(), from_pandas=True),  # NaN -> null
+            actual,
+            pa.array([model.info.version] * batch.num_rows, pa.string()),
+            pa.array(reasons, pa.string()),
+        ],
+        schema=trips.output_schema,
+    )
+
+
+def score(
+    model: LoadedModel,
+    trips: Trips,
+    output_uri: str,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    on_chunk: Callable[[int], None] | None = None,
+) -> ScoringSummary:
+    """Score every row of `trips` into `output_uri`; `on_chunk(rows)` after each chunk is written."""
+    summary = ScoringSummary(trips.uri, output_uri, model.info.version)
+    started = time.perf_counter()
+    with _parquet_writer(output_uri, trips.output_schema) as writer:
+        for batch in trips.chunks(chunk_rows):
+            # summary.rows counts the rows before this chunk: the first ride id in it.
+            writer.write_table(score_chunk(model, trips, batch, summary.rows, summary))
+            if on_chunk:
+                on_chunk(batch.num_rows)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@contextmanager
+def _parquet_writer(uri: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A writer whose output is removed if scoring fails half-way: no half-written results."""
+    filesystem, path = filesystem_for(uri)
+    try:
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            filesystem.create_dir(str(Path(path).parent), recursive=True)
+        sink = filesystem.open_output_stream(path)
+    except OSError as error:
+        raise ScoringError(f"{uri}: cannot write: {error}") from None
+    writer = pq.ParquetWriter(sink, schema)
+    try:
+        yield writer
+    except BaseException:
+        writer.close()
+        sink.close()
+        filesystem.delete_file(path)
+        raise
+    writer.close()
+    sink.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Predict ride durations for a TLC trip parquet file (local or s3://).",
+        epilog="The model comes from MODEL_URI (or the function's other model variables).",
+    )
+    parser.add_argument("input", help="TLC trip parquet: a path or s3://bucket/key")
+    parser.add_argument("output", help="predictions parquet: a path or s3://bucket/key")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per model call")
+    parser.add_argument("--model-uri", help="overrides MODEL_URI")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.chunk_rows < 1:
+        parser.error("--chunk-rows must be at least 1")
+    if args.input == args.output:
+        parser.error("input and output are the same file")
+    env = {**os.environ, **({"MODEL_URI": args.model_uri} if args.model_uri else {})}
+    try:
+        trips = open_trips(args.input)
+        model = load_configured_model(Settings.from_env(env))
+        with (
+            trips.file,
+            tqdm(total=trips.rows, unit="rows", unit_scale=True, disable=args.no_progress) as bar,
+        ):
+            summary = score(model, trips, args.output, args.chunk_rows, on_chunk=bar.update)
+    except (ScoringError, ConfigurationError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(summary.lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

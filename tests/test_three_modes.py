@@ -1,0 +1,73 @@
+"""On the stream, on request and in bulk: the same ride gets the same prediction, to the bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch_scoring import open_trips, score
+from kinesis_output import KinesisStreamWriter, RetryPolicy
+from local_aws.kinesis_events import event_from_payloads
+from model_loading import LoadedModel, load_model
+from model_service import LoggedDeadLetters, ModelService
+from tests.conftest import RecordingLog, WebServer, create_stream, read_stream
+
+RIDES = [
+    {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66},
+    {"PULocationID": 10, "DOLocationID": 50, "trip_distance": 40.0},
+    {"PULocationID": 1, "DOLocationID": 265, "trip_distance": 0.0},
+    {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 1.2},
+]
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return load_model(str(model_dir), tmp_path_factory.mktemp("cache"))
+
+
+def on_the_stream(kinesis: Any, model: LoadedModel) -> tuple[list[float], set[str]]:
+    create_stream(kinesis, "ride_predictions")
+    log = RecordingLog()
+    writer = KinesisStreamWriter(
+        kinesis, "ride_predictions", RetryPolicy(max_attempts=2, base_delay=0, max_delay=0)
+    )
+    service = ModelService(model, writer, LoggedDeadLetters(log), log)
+    payloads = [json.dumps({"ride": ride, "ride_id": i}).encode() for i, ride in enumerate(RIDES)]
+
+    assert service.handle(event_from_payloads(payloads)) == {"batchItemFailures": []}
+
+    events = sorted(read_stream(kinesis, "ride_predictions"), key=lambda e: e["prediction"]["ride_id"])
+    return [e["prediction"]["ride_duration"] for e in events], {e["version"] for e in events}
+
+
+def on_request(web_server: WebServer) -> tuple[list[float], set[str]]:
+    status, answers, _ = web_server.post("/predict", RIDES)
+    assert status == 200
+    return [a["duration"] for a in answers], {a["model_version"] for a in answers}
+
+
+def in_bulk(model: LoadedModel, tmp_path: Path) -> tuple[list[float], set[str]]:
+    trips = pa.Table.from_pylist(RIDES).append_column(
+        "lpep_pickup_datetime", pa.array([0] * len(RIDES), pa.timestamp("us"))
+    )
+    pq.write_table(trips, tmp_path / "trips.parquet")
+    score(model, open_trips(str(tmp_path / "trips.parquet")), str(tmp_path / "out.parquet"))
+    out = pq.read_table(tmp_path / "out.parquet")
+    return out["predicted_duration"].to_pylist(), set(out["model_version"].to_pylist())
+
+
+def test_the_three_modes_give_the_same_prediction_for_the_same_ride(
+    kinesis: Any, model: LoadedModel, web_server: WebServer, tmp_path: Path
+) -> None:
+    stream, stream_versions = on_the_stream(kinesis, model)
+    web, web_versions = on_request(web_server)
+    batch, batch_versions = in_bulk(model, tmp_path)
+
+    assert stream == web == batch
+    assert len(set(stream)) == len(RIDES)  # four different answers, not one value repeated
+    assert stream_versions == web_versions == batch_versions == {model.info.version}
