@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo up test unit integration bench lint format train lock clean
+.PHONY: help setup demo up test unit deploy-checks integration bench lint format train lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,10 +32,13 @@ demo: setup  ## the main job: stream sample rides through the local pipeline, pr
 up: setup  ## start the local pipeline and keep it running (Ctrl-C stops it)
 	$(BIN)/python -m local_aws up $(ARGS)
 
-test: lint unit integration  ## everything CI runs: lint, unit and integration tests
+test: lint unit deploy-checks integration  ## everything CI runs: lint, unit, deploy checks, end-to-end
 
-unit: setup  ## the unit suite (tests/)
-	$(BIN)/python -m pytest
+unit: setup  ## the unit suite: fast, in-process and on loopback (tests/, without tests/deploy)
+	$(BIN)/python -m pytest tests --ignore=tests/deploy
+
+deploy-checks: setup  ## the image, template and deploy scripts without Docker or AWS (tests/deploy)
+	$(BIN)/python -m pytest tests/deploy
 
 integration: setup  ## the end-to-end test, Docker-less (integration-test/run.sh --docker for LocalStack)
 	PATH="$(CURDIR)/$(BIN):$$PATH" integration-test/run.sh

@@ -77,9 +77,17 @@ def model_dir(trained_model: TrainedModel) -> Path:
     return trained_model.export_dir
 
 
+@pytest.fixture(scope="session")
+def boto_session() -> boto3.Session:
+    return boto3.Session()
+
+
 @pytest.fixture
-def aws() -> Iterator[None]:
+def aws(boto_session: boto3.Session) -> Iterator[None]:
     with mock_aws():
+        # moto starts each mock with no default session, and every new session parses
+        # botocore's service JSON again (~0.4 s a test); one shared session parses it once.
+        boto3.DEFAULT_SESSION = boto_session
         yield
 
 

@@ -117,7 +117,9 @@ def test_skops_models_load_too(model_dir: Path, tmp_path: Path) -> None:
     import mlflow.sklearn
 
     pipeline = load_model(str(model_dir), tmp_path).predictor
-    mlflow.sklearn.save_model(pipeline, tmp_path / "skops-model", serialization_format="skops")
+    mlflow.sklearn.save_model(
+        pipeline, tmp_path / "skops-model", serialization_format="skops", pip_requirements=["scikit-learn"]
+    )
     loaded = load_model(str(tmp_path / "skops-model"), tmp_path / "cache")
     assert loaded.flavor == "sklearn/skops"
     assert list(loaded.predict(FEATURES)) == expected_predictions(model_dir, tmp_path)
