@@ -95,7 +95,7 @@ OUTPUT ?= data/predictions.parquet
 LOCAL_MODEL := $(if $(filter model,$(SERVE_MODEL_URI)),model/MLmodel)
 SAMPLE_INPUT := $(filter data/synthetic-trips.parquet,$(INPUT))
 
-model/MLmodel: | $(VENV)/.installed
+model/MLmodel: uv.lock | $(VENV)/.installed  # retrained when the lock (scikit-learn) changes
 	$(BIN)/python -m scripts.train --export-dir model
 
 data/synthetic-trips.parquet: | $(VENV)/.installed

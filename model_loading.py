@@ -11,6 +11,7 @@ costs about 2 s of cold start, as much again as scikit-learn itself.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import pickle
 import shutil
@@ -49,6 +50,7 @@ class LoadedModel:
     flavor: str
     local_dir: Path
     timings: dict[str, float] = field(default_factory=dict)
+    version_mismatch: str | None = None
 
     def predict(self, features: list[dict[str, Any]]) -> Sequence[float]:
         return self.predictor.predict(features)
@@ -76,6 +78,7 @@ def load_model(uri: str, cache_dir: Path, s3_client_factory: Callable[[], Any] |
         flavor=flavor,
         local_dir=local_dir,
         timings={"fetch_s": fetched - started, "deserialise_s": loaded - fetched},
+        version_mismatch=sklearn_version_mismatch(mlmodel),
     )
 
 
@@ -186,6 +189,22 @@ def read_mlmodel(local_dir: Path) -> dict[str, Any]:
     if not isinstance(mlmodel, dict) or not isinstance(mlmodel.get("flavors"), dict):
         raise ModelLoadError(str(local_dir), "MLmodel has no flavors section")
     return mlmodel
+
+
+def sklearn_version_mismatch(mlmodel: dict[str, Any]) -> str | None:
+    """A pickled pipeline is only safe under the scikit-learn that saved it: say when it is not."""
+    trained = (mlmodel["flavors"].get("sklearn") or {}).get("sklearn_version")
+    if not trained:
+        return None
+    installed = importlib.metadata.version("scikit-learn")
+    return None if trained == installed else f"trained with scikit-learn {trained}, running {installed}"
+
+
+def local_model_problem(model_dir: Path) -> str | None:
+    """Why a local model directory should be (re)trained before use, or None when it is fine."""
+    if not (model_dir / "MLmodel").is_file():
+        return f"no model in {model_dir}"
+    return sklearn_version_mismatch(read_mlmodel(model_dir))
 
 
 def read_registry_version(local_dir: Path) -> str | None:

@@ -326,4 +326,6 @@ def build_service(settings: Settings, log: Log) -> ModelService:
             **{name: round(value, 4) for name, value in model.timings.items()},
         },
     )
+    if model.version_mismatch:
+        log.warning("model and runtime differ: retrain or pin", extra={"problem": model.version_mismatch})
     return ModelService(model, predictions, dead_letters, log)

@@ -30,7 +30,7 @@ import boto3
 from benchmarks.children import Context, event
 from kinesis_output import MAX_RECORDS_PER_CALL
 from local_aws.moto_stack import MotoServer, free_port, upload_model
-from model_loading import load_model
+from model_loading import load_model, local_model_problem
 from model_service import ride_features
 from ride_events import KinesisRecord, PredictionEvent
 
@@ -445,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.only or ["throughput", "cold", "memory", "size"])
 
     model_dir = args.model_dir
-    if not (model_dir / "MLmodel").is_file():
-        say("no ./model yet: training one (make train) ...")
+    if problem := local_model_problem(model_dir):
+        say(f"{problem}: training one (make train) ...")
         subprocess.run(
             [sys.executable, "-m", "scripts.train", "--export-dir", str(model_dir)], cwd=ROOT, check=True
         )

@@ -172,3 +172,19 @@ def test_settings_require_a_model() -> None:
         Settings.from_env({})
     with pytest.raises(ConfigurationError, match="RUN_ID is set but MODEL_BUCKET is not"):
         Settings.from_env({"RUN_ID": "abc"})
+
+
+def test_a_model_saved_by_another_scikit_learn_is_flagged(model_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from model_loading import local_model_problem
+
+    assert local_model_problem(model_dir) is None
+    assert local_model_problem(tmp_path / "nothing") == f"no model in {tmp_path / 'nothing'}"
+    copy = tmp_path / "old-model"
+    shutil.copytree(model_dir, copy)
+    mlmodel = yaml.safe_load((copy / "MLmodel").read_text())
+    mlmodel["flavors"]["sklearn"]["sklearn_version"] = "0.24.2"
+    (copy / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    assert load_model(str(copy), tmp_path / "c").version_mismatch == local_model_problem(copy)
+    assert local_model_problem(copy).startswith("trained with scikit-learn 0.24.2, running ")
