@@ -33,10 +33,11 @@ class OutputRecord:
     data: bytes
     partition_key: str
     source: Any = None
+    size: int = 0  # data + partition key bytes, what the 5 MiB limit counts
 
-    @property
-    def size(self) -> int:
-        return len(self.data) + len(self.partition_key.encode())
+    def __post_init__(self) -> None:
+        if not self.size:
+            object.__setattr__(self, "size", len(self.data) + len(self.partition_key.encode()))
 
     def entry(self) -> dict[str, Any]:
         return {"Data": self.data, "PartitionKey": self.partition_key}

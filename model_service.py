@@ -157,7 +157,7 @@ class ModelService:
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         """The Lambda handler's work: process, log, answer (or raise for a whole-batch retry)."""
-        records = [KinesisRecord(raw) for raw in kinesis_event_records(event)]
+        records = [KinesisRecord.from_raw(raw) for raw in kinesis_event_records(event)]
         result = self.process(records)
         self.log_result(result)
         if result.must_fail_whole_batch:

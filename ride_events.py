@@ -64,36 +64,30 @@ class RideEvent(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class KinesisRecord:
-    """A thin view over one record of the event Lambda hands a Kinesis consumer."""
+    """One record of the event Lambda hands a Kinesis consumer, its fields read once."""
 
     raw: dict[str, Any]
+    sequence_number: str  # position in its shard; what ReportBatchItemFailures names
+    partition_key: str  # the producer's partition key
+    data: str  # the producer's bytes, base64-encoded by Lambda
+    event_id: str  # `shardId-...:<sequenceNumber>`: unique per record, the de-duplication key
+    event_source_arn: str  # ARN of the input stream
 
-    @property
-    def kinesis(self) -> dict[str, Any]:
-        """The `kinesis` part: data, partitionKey, sequenceNumber, arrival time."""
-        value = self.raw.get("kinesis")
-        return value if isinstance(value, dict) else {}
-
-    @property
-    def sequence_number(self) -> str:
-        """Position of the record in its shard; what ReportBatchItemFailures names."""
-        return str(self.kinesis.get("sequenceNumber", ""))
-
-    @property
-    def partition_key(self) -> str:
-        """The producer's partition key."""
-        return str(self.kinesis.get("partitionKey", ""))
-
-    @property
-    def data(self) -> str:
-        """The producer's bytes, base64-encoded by Lambda."""
-        value = self.kinesis.get("data", "")
-        return value if isinstance(value, str) else ""
-
-    @property
-    def event_id(self) -> str:
-        """`shardId-...:<sequenceNumber>`: unique per record, the de-duplication key."""
-        return str(self.raw.get("eventID", ""))
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> KinesisRecord:
+        """Tolerates a malformed record: it then fails decoding, with a reason, like bad data."""
+        kinesis = raw.get("kinesis")
+        if not isinstance(kinesis, dict):
+            kinesis = {}
+        data = kinesis.get("data", "")
+        return cls(
+            raw,
+            str(kinesis.get("sequenceNumber", "")),
+            str(kinesis.get("partitionKey", "")),
+            data if isinstance(data, str) else "",
+            str(raw.get("eventID", "")),
+            str(raw.get("eventSourceARN", "")),
+        )
 
     @property
     def shard_id(self) -> str:
@@ -101,14 +95,9 @@ class KinesisRecord:
         return self.event_id.partition(":")[0]
 
     @property
-    def event_source_arn(self) -> str:
-        """ARN of the input stream."""
-        return str(self.raw.get("eventSourceARN", ""))
-
-    @property
     def approximate_arrival_timestamp(self) -> float | None:
         """When Kinesis accepted the record (epoch seconds)."""
-        value = self.kinesis.get("approximateArrivalTimestamp")
+        value = (self.raw.get("kinesis") or {}).get("approximateArrivalTimestamp")
         return float(value) if isinstance(value, int | float) else None
 
     def source(self) -> dict[str, Any]:

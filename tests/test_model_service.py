@@ -394,7 +394,7 @@ def test_every_record_has_exactly_one_outcome(streams: Any, model: LoadedModel) 
     )
     event, poison = mixed_event()
     records = event["Records"]
-    result = service.process([KinesisRecord(r) for r in records])
+    result = service.process([KinesisRecord.from_raw(r) for r in records])
     seen = Counter(o.record.sequence_number for o in result.outcomes)
     assert seen == Counter(r["kinesis"]["sequenceNumber"] for r in records)
     assert Counter(o.outcome for o in result.outcomes) == {

@@ -18,7 +18,7 @@ COURSE_RIDE = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance
 
 
 def record_of(payload: bytes) -> KinesisRecord:
-    return KinesisRecord(event_from_payloads([payload])["Records"][0])
+    return KinesisRecord.from_raw(event_from_payloads([payload])["Records"][0])
 
 
 def test_course_format_decodes() -> None:
@@ -46,8 +46,9 @@ def test_extra_fields_are_ignored_and_string_ids_kept() -> None:
     ],
 )
 def test_undecodable_data_names_the_step_that_failed(data: str, reason: str) -> None:
-    record = record_of(b"")
-    record.raw["kinesis"]["data"] = data
+    raw = event_from_payloads([b""])["Records"][0]
+    raw["kinesis"]["data"] = data
+    record = KinesisRecord.from_raw(raw)
     with pytest.raises(PoisonRecordError, match=reason.replace("(", r"\(")):
         decode_ride_event(record)
 
@@ -101,7 +102,7 @@ def test_non_finite_distance_is_rejected(literal: bytes) -> None:
 
 def test_record_missing_its_kinesis_part_is_poison_not_a_crash() -> None:
     with pytest.raises(PoisonRecordError, match="data is not JSON"):
-        decode_ride_event(KinesisRecord({"eventID": "x"}))
+        decode_ride_event(KinesisRecord.from_raw({"eventID": "x"}))
 
 
 def test_prediction_event_is_the_course_format_plus_tracing() -> None:

@@ -27,7 +27,7 @@ def test_the_sample_event_is_one_ride_the_service_decodes() -> None:
 
     [raw] = event["Records"]
     assert (raw["eventSourceARN"], raw["awsRegion"]) == (ARN, "eu-west-1")
-    ride = decode_ride_event(KinesisRecord(raw))
+    ride = decode_ride_event(KinesisRecord.from_raw(raw))
     assert ride.ride_id == "invoke-1"
     assert (ride.ride.PULocationID, ride.ride.DOLocationID) == (130, 205)
 
