@@ -26,21 +26,19 @@ class OutputEvent(Protocol):
     def to_json(self) -> bytes: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per record: not frozen (see ride_events.KinesisRecord)
 class OutputRecord:
     """One entry of a PutRecords call, and the input record it stands for."""
 
     data: bytes
     partition_key: str
     source: Any = None
-    size: int = 0  # data + partition key bytes, what the 5 MiB limit counts
+    size: int = field(init=False)  # data + partition key bytes, what the 5 MiB limit counts
+    entry: dict[str, Any] = field(init=False)  # as PutRecords takes it
 
     def __post_init__(self) -> None:
-        if not self.size:
-            object.__setattr__(self, "size", len(self.data) + len(self.partition_key.encode()))
-
-    def entry(self) -> dict[str, Any]:
-        return {"Data": self.data, "PartitionKey": self.partition_key}
+        self.size = len(self.data) + len(self.partition_key.encode())
+        self.entry = {"Data": self.data, "PartitionKey": self.partition_key}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +113,7 @@ class KinesisStreamWriter:
             result.calls += 1
             try:
                 response = self.client.put_records(
-                    StreamName=self.stream_name, Records=[record.entry() for record in pending]
+                    StreamName=self.stream_name, Records=[record.entry for record in pending]
                 )
             except (ClientError, BotoCoreError) as error:
                 # botocore's own retries (standard mode) already ran for the whole call.

@@ -50,7 +50,7 @@ class Outcome(Enum):
     RETRY = "retry"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per record: not frozen (see ride_events.KinesisRecord)
 class RecordOutcome:
     """What became of one input record, and why when it was not predicted."""
 

@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "scripts.train", "--export-dir", str(model_dir)], cwd=ROOT, check=True
         )
     os.environ.update(CREDENTIALS)
-    moto = MotoServer(free_port())
+    moto = MotoServer(free_port(), steady_gc=True)
     moto.start()
     bench = Bench(moto, model_dir, args.repeat)
     bench.results.update(

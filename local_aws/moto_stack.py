@@ -63,9 +63,12 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes] | N
 class MotoServer:
     """`moto_server` in its own process on 127.0.0.1."""
 
-    def __init__(self, port: int = DEFAULT_PORT, log: BinaryIO | None = None) -> None:
+    def __init__(
+        self, port: int = DEFAULT_PORT, log: BinaryIO | None = None, steady_gc: bool = False
+    ) -> None:
         self.port = port
         self._log = log
+        self._steady_gc = steady_gc
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,8 +77,19 @@ class MotoServer:
 
     def start(self, timeout: float = 30) -> None:
         ensure_port_free(self.port, "moto (local AWS)", "--port")
+        # steady_gc (benchmarks): a full collection in moto, which holds every stored record,
+        # pauses a request for 100 ms or more at random; rare young collections keep the
+        # endpoint's noise off whichever design happens to be measured.
+        launcher = (
+            [
+                "-c",
+                "import gc, sys; gc.set_threshold(100_000, 50, 1000); from moto.server import main; main(sys.argv[1:])",
+            ]
+            if self._steady_gc
+            else ["-m", "moto.server"]
+        )
         self._process = Spawner().popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, *launcher, "-H", "127.0.0.1", "-p", str(self.port)],
             stdin=subprocess.DEVNULL,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
