@@ -39,6 +39,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 VENVS = ROOT / ".bench"
 UV = ROOT / ".tools" / "bin" / "uv"
 SIZES = [1, 10, 100, 500, 1000, 5000]
+PARTS = ["throughput", "cold", "memory", "size"]
 BUCKET, PREFIX, OUTPUT = "ride-models", "ride-duration/model", "ride_predictions"
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "test",
@@ -410,6 +411,21 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
+
+
+def quote_in_readme(table: str, readme: Path = ROOT / "README.md") -> None:
+    """Replace the table between the README's markers with this run's (full runs only)."""
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        say(f"README.md has no {start} ... {end} section: table not quoted")
+        return
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{table}{end}{tail}")
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib  # noqa: PLC0415
 
@@ -437,21 +453,40 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def write_results(results: dict[str, Any], out: Path, *, quote: bool) -> None:
+    """results.json, results.md, throughput.png; and, for a full default run, the README's table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (out / "results.md").write_text(table)
+    if "throughput" in results:
+        plot(results["throughput"], out / "throughput.png")
+    written = f"{out}/results.md, results.json, throughput.png"
+    if quote:
+        quote_in_readme(table)
+        written += ", and the table in README.md"
+    say("\n" + table)
+    say(f"written: {written}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=SIZES)
     parser.add_argument(
-        "--repeat", type=int, default=5, help="measurements per batch size and design (median)"
+        "--repeat",
+        type=int,
+        default=15,
+        help="measurements per batch size and design, interleaved (median); 5,000 records uses half",
     )
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument(
         "--per-record-limit", type=int, default=5000, help="largest batch for the per-record baseline"
     )
-    parser.add_argument("--only", choices=["throughput", "cold", "memory", "size"], nargs="+")
+    parser.add_argument("--only", choices=PARTS, nargs="+")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "model", help="trained here if missing")
     args = parser.parse_args(argv)
-    parts = set(args.only or ["throughput", "cold", "memory", "size"])
+    parts = set(args.only or PARTS)
 
     model_dir = args.model_dir
     if problem := local_model_problem(model_dir):
@@ -473,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             runtime = runtime_venv()
         if "throughput" in parts:
             say(
-                f"throughput: batches of {', '.join(map(str, args.sizes))}; median of {args.repeat}, fresh moto each"
+                f"throughput: batches of {', '.join(map(str, args.sizes))}; interleaved, median of {args.repeat}, fresh moto each"
             )
             bench.throughput(args.sizes, args.per_record_limit)
         if "cold" in parts:
@@ -494,14 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         moto.stop()
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(bench.results, indent=2) + "\n")
-    table = markdown(bench.results)
-    (args.out / "results.md").write_text(table)
-    if "throughput" in bench.results:
-        plot(bench.results["throughput"], args.out / "throughput.png")
-    say("\n" + table)
-    say(f"written: {args.out}/results.md, results.json, throughput.png")
+    write_results(
+        bench.results, args.out, quote=args.out == RESULTS and parts == set(PARTS) and args.sizes == SIZES
+    )
     return 0
 
 
