@@ -26,16 +26,7 @@ from typing import Any
 
 from local_aws.kinesis_events import StreamRecord, kinesis_event
 from scripts.smoke_test import ride_event
-from scripts.stack import (
-    PrerequisiteError,
-    add_stack_arguments,
-    caller_account,
-    chosen_stack_name,
-    run,
-    say,
-    session,
-    stack_outputs,
-)
+from scripts.stack import PrerequisiteError, add_stack_arguments, deployed_stage, run, say
 
 
 def sample_event(input_stream_arn: str, ride_id: str, now: float | None = None) -> dict[str, Any]:
@@ -84,9 +75,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    aws = session(args)
-    caller_account(aws.client("sts"))
-    outputs = stack_outputs(aws.client("cloudformation"), chosen_stack_name(args), args.stage)
+    aws, outputs = deployed_stage(args)
     if args.event:
         if not args.event.is_file():
             raise PrerequisiteError(f"no event file {args.event}")

@@ -17,17 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scripts.stack import (
-    PrerequisiteError,
-    ScriptError,
-    add_stack_arguments,
-    caller_account,
-    chosen_stack_name,
-    run,
-    say,
-    session,
-    stack_outputs,
-)
+from scripts.stack import PrerequisiteError, ScriptError, add_stack_arguments, deployed_stage, run, say
 
 # GetRecords allows 5 calls per second per shard, shared with every other reader of the stream.
 POLL_INTERVAL_SECONDS = 1.0
@@ -139,9 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.timeout <= 0:
         raise PrerequisiteError("--timeout must be positive")
-    aws = session(args)
-    caller_account(aws.client("sts"))
-    outputs = stack_outputs(aws.client("cloudformation"), chosen_stack_name(args), args.stage)
+    aws, outputs = deployed_stage(args)
     ride_id = f"smoke-{uuid.uuid4().hex[:12]}"
     say(f"putting ride {ride_id} on {outputs['InputStreamName']}, waiting up to {args.timeout:g} s")
     started = time.monotonic()

@@ -129,6 +129,14 @@ def stack_outputs(cloudformation: Any, name: str, stage: str | None = None) -> d
     return outputs_of(stack)
 
 
+def deployed_stage(args: argparse.Namespace) -> tuple[boto3.Session, dict[str, str]]:
+    """The session and the outputs of the stage's stack, credentials checked first: what every
+    script that works on a deployed stage starts with."""
+    aws = session(args)
+    caller_account(aws.client("sts"))
+    return aws, stack_outputs(aws.client("cloudformation"), chosen_stack_name(args), args.stage)
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a script's main, turning missing prerequisites and AWS errors into one line and exit 1."""
     try:
