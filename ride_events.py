@@ -132,10 +132,17 @@ def decode_ride_event(record: KinesisRecord) -> RideEvent:
 
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming each failing field and why, without echoing the payload's values."""
-    problems = error.errors(include_url=False, include_input=False)
-    if any(problem["type"] == "json_invalid" for problem in problems):
-        return f"data is not JSON: {problems[0]['msg'].removeprefix('Invalid JSON: ')}"
+    if (reason := invalid_json_reason(error)) is not None:
+        return f"data is not JSON: {reason}"
     return "invalid ride event: " + "; ".join(f"{f}: {r}" for f, r in validation_problems(error))
+
+
+def invalid_json_reason(error: ValidationError) -> str | None:
+    """Why the text was not JSON at all, or None when it was JSON that failed validation."""
+    for problem in error.errors(include_url=False, include_input=False):
+        if problem["type"] == "json_invalid":
+            return problem["msg"].removeprefix("Invalid JSON: ")
+    return None
 
 
 def validation_problems(error: ValidationError, root: str = "event") -> list[tuple[str, str]]:

@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from model_loading import LoadedModel, ModelLoadError
 from model_service import load_configured_model, predict_durations
-from ride_events import Ride, validation_problems
+from ride_events import Ride, invalid_json_reason, validation_problems
 from settings import ConfigurationError, Settings
 
 # About 16,000 rides in one list: well past any interactive use, small enough that one
@@ -67,9 +67,7 @@ def parse_rides(body: bytes) -> tuple[list[Ride], bool]:
     try:
         rides = RIDES.validate_json(body) if many else [Ride.model_validate_json(body)]
     except ValidationError as error:
-        errors = error.errors(include_url=False, include_input=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            reason = errors[0]["msg"].removeprefix("Invalid JSON: ")
+        if (reason := invalid_json_reason(error)) is not None:
             raise RequestError(400, f"body is not JSON: {reason}") from None
         problems = validation_problems(error, root="body")
         summary = "; ".join(f"{f}: {r}" for f, r in problems[:MAX_PROBLEMS_LISTED])
