@@ -20,7 +20,9 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
 
+from local_aws.moto_stack import wait_for_http
 from scripts.train import TrainedModel, train
 
 AWS_VARIABLES = [
@@ -75,6 +77,17 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
 def model_dir(trained_model: TrainedModel) -> Path:
     assert trained_model.export_dir is not None
     return trained_model.export_dir
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server on a free loopback port, for what must reach AWS over real HTTP (another
+    process, pyarrow's own S3 client, CloudFormation); each user makes its own resources."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -241,31 +254,22 @@ class GunicornProcess:
         self.server: WebServer | None = None
 
     def wait_until_healthy(self) -> WebServer:
-        """The port from gunicorn's log, then /health until it answers 200 (never a fixed sleep)."""
+        """The port from gunicorn's log, then /health until it answers (never a fixed sleep)."""
         deadline = time.monotonic() + GUNICORN_START_TIMEOUT_S
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"gunicorn exited with {self.process.returncode}:\n{self.log_path.read_text()}"
-                )
-            if self.server is None and (
-                found := re.search(r"Listening at: http://([\d.]+):(\d+)", self.log_path.read_text())
-            ):
-                self.server = WebServer(found[1], int(found[2]), self.log_path)
-            if self.server is not None and self._healthy(self.server):
-                return self.server
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"gunicorn not healthy after {GUNICORN_START_TIMEOUT_S} s:\n{self.log_path.read_text()}"
-                )
-            time.sleep(0.05)
-
-    @staticmethod
-    def _healthy(server: WebServer) -> bool:
         try:
-            return server.call("GET", "/health")[0] == 200
-        except OSError:
-            return False  # the worker is still booting
+            while self.server is None:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"gunicorn exited with {self.process.returncode}")
+                if found := re.search(r"Listening at: http://([\d.]+):(\d+)", self.log_path.read_text()):
+                    self.server = WebServer(found[1], int(found[2]), self.log_path)
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"gunicorn not listening after {GUNICORN_START_TIMEOUT_S} s")
+                else:
+                    time.sleep(0.05)
+            wait_for_http(f"{self.server.url}/health", deadline - time.monotonic(), self.process)
+        except (RuntimeError, TimeoutError) as error:
+            raise RuntimeError(f"{error}:\n{self.log_path.read_text()}") from None
+        return self.server
 
     def stop(self) -> None:
         # The whole group at once: a graceful shutdown costs ~2 s and there is no state to save.

@@ -6,7 +6,6 @@ import io
 import math
 import re
 import tracemalloc
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
 import batch_scoring
 from batch_scoring import main, open_trips, score
@@ -304,19 +302,10 @@ def test_memory_stays_flat_as_the_input_grows(model: LoadedModel, tmp_path: Path
 # --- S3, through a real moto server: pyarrow's own S3 client cannot be mocked in-process ---
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A fresh bucket; boto3's standard endpoint variable points every client at moto."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)
     client = boto3.client("s3")
     bucket = f"trips-{abs(hash(monkeypatch)) % 10**8}"
     client.create_bucket(Bucket=bucket)

@@ -71,40 +71,34 @@ def test_cli_trains_from_a_tlc_file_and_prints_the_model_uris(
 
 
 def test_training_with_artifacts_in_s3_serves_the_course_variables(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_server: str
 ) -> None:
     """MLFLOW_S3_ENDPOINT_URL sends the artifacts to an S3 endpoint (moto server here); the
     course's RUN_ID + MODEL_BUCKET + MLFLOW_EXPERIMENT_ID then find the model there."""
     import boto3
     import mlflow
 
-    from local_aws.moto_stack import MotoServer, free_port
     from model_service import load_configured_model
     from settings import Settings
 
-    server = MotoServer(free_port())
-    server.start()
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)
+    boto3.client("s3").create_bucket(Bucket="mlflow-models")
     try:
-        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", server.endpoint_url)
-        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint_url)
-        boto3.client("s3").create_bucket(Bucket="mlflow-models")
-        try:
-            trained = train(
-                synthetic_rides=2000, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                experiment="course", artifact_location="s3://mlflow-models/1", log=lambda _m: None,
-            )  # fmt: skip
-        finally:
-            mlflow.set_tracking_uri(None)
-        assert trained.artifact_uri == f"s3://mlflow-models/1/{trained.run_id}/artifacts/model"
-        settings = Settings.from_env(
-            {
-                "RUN_ID": trained.run_id,
-                "MODEL_BUCKET": "mlflow-models",
-                "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-            }
-        )
-        loaded = load_configured_model(settings)
-        assert loaded.info.run_id == trained.run_id
-        assert 1 < loaded.predict([ride_features(130, 205, 3.66)])[0] < 60
+        trained = train(
+            synthetic_rides=2000, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            experiment="course", artifact_location="s3://mlflow-models/1", log=lambda _m: None,
+        )  # fmt: skip
     finally:
-        server.stop()
+        mlflow.set_tracking_uri(None)
+    assert trained.artifact_uri == f"s3://mlflow-models/1/{trained.run_id}/artifacts/model"
+    settings = Settings.from_env(
+        {
+            "RUN_ID": trained.run_id,
+            "MODEL_BUCKET": "mlflow-models",
+            "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        }
+    )
+    loaded = load_configured_model(settings)
+    assert loaded.info.run_id == trained.run_id
+    assert 1 < loaded.predict([ride_features(130, 205, 3.66)])[0] < 60

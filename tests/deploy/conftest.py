@@ -11,13 +11,11 @@ import json
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from scripts.deploy import Deployment, deploy
 from scripts.stack import PROJECT_ROOT, TEMPLATE
@@ -70,15 +68,6 @@ def cfn_lint_result(pytestconfig: pytest.Config) -> tuple[int, str]:
 def nothing_outside_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Until a test asks for moto (aws_endpoint), every AWS call goes to a closed local port."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-
-
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def moto_api(endpoint: str, path: str, body: dict[str, Any] | None = None) -> None:
