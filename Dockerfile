@@ -16,9 +16,10 @@ RUN pip install --no-cache-dir --require-hashes --only-binary=:all: \
         --target "${LAMBDA_TASK_ROOT}" --requirement /tmp/requirements-lambda.txt \
     && rm /tmp/requirements-lambda.txt
 
-# Lambda runs the code as another user than root: the files must be readable by all.
-COPY --chmod=644 lambda_function.py model_service.py ride_events.py kinesis_output.py model_loading.py \
-     settings.py ${LAMBDA_TASK_ROOT}/
+# Lambda runs the code as another user than root: the files must be readable by all. The entry
+# point and the service at the root, their building blocks in the package stream/.
+COPY --chmod=644 lambda_function.py model_service.py ${LAMBDA_TASK_ROOT}/
+COPY --chmod=644 stream/*.py ${LAMBDA_TASK_ROOT}/stream/
 
 # The task root is read-only at run time: without .pyc files every cold start compiles in memory.
 RUN python -m compileall -q "${LAMBDA_TASK_ROOT}"

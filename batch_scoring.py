@@ -46,10 +46,10 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from model_loading import LoadedModel, ModelLoadError
 from model_service import load_configured_model, predict_durations
-from ride_events import Ride, validation_problems
-from settings import ConfigurationError, Settings
+from stream.model_loading import LoadedModel, ModelLoadError
+from stream.ride_events import Ride, validation_problems
+from stream.settings import ConfigurationError, Settings
 
 FEATURE_COLUMNS = ("PULocationID", "DOLocationID", "trip_distance")
 # Green taxi files use lpep_, yellow taxi files tpep_.

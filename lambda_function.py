@@ -10,7 +10,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from model_service import build_service
-from settings import Settings
+from stream.settings import Settings
 
 settings = Settings.from_env()
 logger = Logger(service="ride-duration-prediction", level=settings.log_level)

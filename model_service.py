@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import boto3
 from botocore.config import Config
 
-from kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
-from model_loading import LoadedModel, load_model
-from ride_events import (
+from stream.kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
+from stream.model_loading import LoadedModel, load_model
+from stream.ride_events import (
     DeadLetter,
     KinesisRecord,
     PoisonRecordError,
@@ -30,7 +30,7 @@ from ride_events import (
     RideEvent,
     decode_ride_event,
 )
-from settings import Settings
+from stream.settings import Settings
 
 
 def ride_features(pickup_zone: int, dropoff_zone: int, trip_distance: float) -> dict[str, Any]:

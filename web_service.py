@@ -25,10 +25,10 @@ from flask import Flask, Response, jsonify, request
 from pydantic import TypeAdapter, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from model_loading import LoadedModel, ModelLoadError
 from model_service import load_configured_model, predict_durations
-from ride_events import Ride, invalid_json_reason, validation_problems
-from settings import ConfigurationError, Settings
+from stream.model_loading import LoadedModel, ModelLoadError
+from stream.ride_events import Ride, invalid_json_reason, validation_problems
+from stream.settings import ConfigurationError, Settings
 
 # About 16,000 rides in one list: well past any interactive use, small enough that one
 # request cannot hold a worker for long (a 10,000-ride list is predicted in ~0.1 s here).

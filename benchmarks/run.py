@@ -28,11 +28,11 @@ from typing import Any
 import boto3
 
 from benchmarks.children import Context, event
-from kinesis_output import MAX_RECORDS_PER_CALL
 from local_aws.moto_stack import MotoServer, free_port, upload_model
-from model_loading import load_model, local_model_problem
 from model_service import ride_features
-from ride_events import KinesisRecord, PredictionEvent
+from stream.kinesis_output import MAX_RECORDS_PER_CALL
+from stream.model_loading import load_model, local_model_problem
+from stream.ride_events import KinesisRecord, PredictionEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -19,10 +19,10 @@ import pytest
 
 import batch_scoring
 from batch_scoring import main, open_trips, score
-from model_loading import LoadedModel, load_model
 from model_service import predict_durations
-from ride_events import Ride
 from scripts.train import synthetic_trips
+from stream.model_loading import LoadedModel, load_model
+from stream.ride_events import Ride
 from tests.test_model_service import CountingPredictor
 
 

@@ -4,7 +4,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from kinesis_output import (
+from stream.kinesis_output import (
     MAX_BYTES_PER_CALL,
     MAX_RECORDS_PER_CALL,
     KinesisStreamWriter,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from local_aws.kinesis_events import event_from_payloads
-from model_loading import ModelLoadError
+from stream.model_loading import ModelLoadError
 from tests.conftest import FakeLambdaContext, create_stream, read_stream
 
 COURSE_RIDE = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 256}

@@ -9,10 +9,10 @@ from typing import Any
 import boto3
 import pytest
 
-from model_loading import ModelLoadError, load_model
 from model_service import load_configured_model, ride_features
 from scripts.train import TrainedModel
-from settings import ConfigurationError, Settings
+from stream.model_loading import ModelLoadError, load_model
+from stream.settings import ConfigurationError, Settings
 
 FEATURES = [ride_features(130, 205, 3.66), ride_features(1, 2, 10.0)]
 
@@ -177,7 +177,7 @@ def test_settings_require_a_model() -> None:
 def test_a_model_saved_by_another_scikit_learn_is_flagged(model_dir: Path, tmp_path: Path) -> None:
     import yaml
 
-    from model_loading import local_model_problem
+    from stream.model_loading import local_model_problem
 
     assert local_model_problem(model_dir) is None
     assert local_model_problem(tmp_path / "nothing") == f"no model in {tmp_path / 'nothing'}"

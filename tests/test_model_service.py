@@ -14,9 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kinesis_output import KinesisStreamWriter, RetryPolicy
 from local_aws.kinesis_events import event_from_payloads
-from model_loading import LoadedModel, load_model
 from model_service import (
     BatchRetryError,
     KinesisDeadLetters,
@@ -26,7 +24,9 @@ from model_service import (
     Outcome,
     ride_features,
 )
-from ride_events import KinesisRecord
+from stream.kinesis_output import KinesisStreamWriter, RetryPolicy
+from stream.model_loading import LoadedModel, load_model
+from stream.ride_events import KinesisRecord
 from tests.conftest import RecordingLog, create_stream, read_stream
 
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)

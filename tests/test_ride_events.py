@@ -4,7 +4,7 @@ import json
 import pytest
 
 from local_aws.kinesis_events import event_from_payloads
-from ride_events import (
+from stream.ride_events import (
     MAX_DEAD_LETTER_DATA_CHARS,
     DeadLetter,
     KinesisRecord,

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from settings import ConfigurationError, Settings
+from stream.settings import ConfigurationError, Settings
 
 
 def test_defaults() -> None:

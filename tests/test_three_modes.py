@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_scoring import open_trips, score
-from kinesis_output import KinesisStreamWriter, RetryPolicy
 from local_aws.kinesis_events import event_from_payloads
-from model_loading import LoadedModel, load_model
 from model_service import LoggedDeadLetters, ModelService
+from stream.kinesis_output import KinesisStreamWriter, RetryPolicy
+from stream.model_loading import LoadedModel, load_model
 from tests.conftest import RecordingLog, WebServer, create_stream, read_stream
 
 RIDES = [

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_loading import load_model
 from model_service import ride_features
 from scripts.train import TLC_COLUMNS, TrainedModel, main, prepare, synthetic_trips, train
+from stream.model_loading import load_model
 
 
 def test_synthetic_data_has_the_tlc_shape_and_is_seeded() -> None:
@@ -79,7 +79,7 @@ def test_training_with_artifacts_in_s3_serves_the_course_variables(
     import mlflow
 
     from model_service import load_configured_model
-    from settings import Settings
+    from stream.settings import Settings
 
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", moto_server)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from model_loading import LoadedModel, load_model
 from model_service import predict_durations
-from ride_events import Ride
 from scripts.train import TrainedModel
+from stream.model_loading import LoadedModel, load_model
+from stream.ride_events import Ride
 from tests.conftest import WebServer
 from web_service import MAX_BODY_BYTES, MAX_PROBLEMS_LISTED, app_from_env, create_app
 

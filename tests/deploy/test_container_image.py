@@ -95,7 +95,7 @@ INSTRUCTIONS = dockerfile_instructions(DOCKERFILE.read_text())
 
 
 def copies() -> list[tuple[list[str], str]]:
-    """(sources, destination) of every COPY from the build context."""
+    """(sources, destination) of every COPY from the build context, as written."""
     result = []
     for instruction in INSTRUCTIONS:
         if instruction.keyword != "COPY":
@@ -104,6 +104,21 @@ def copies() -> list[tuple[list[str], str]]:
         assert "--from" not in instruction.arguments
         result.append((words[:-1], words[-1]))
     return result
+
+
+def task_root_files() -> dict[str, Path]:
+    """Each file COPY puts under the task root (its path there) and its source, globs expanded."""
+    files = {}
+    for sources, destination in copies():
+        if not destination.startswith(TASK_ROOT):
+            continue
+        folder = destination.removeprefix(TASK_ROOT).strip("/")
+        for source in sources:
+            matches = sorted(PROJECT_ROOT.glob(source))
+            assert matches, f"COPY source {source} matches nothing"
+            for match in matches:
+                files[str(Path(folder, match.name))] = match
+    return files
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -180,8 +195,11 @@ def test_every_copy_source_exists_and_reaches_the_build_context() -> None:
     sources = [source for sources, _ in copies() for source in sources]
     assert sources
     for source in sources:
-        assert (PROJECT_ROOT / source).exists(), source
-        assert not dockerignore_excludes(source), f"{source} is excluded by .dockerignore"
+        matches = list(PROJECT_ROOT.glob(source))
+        assert matches, source
+        for match in matches:
+            relative = str(match.relative_to(PROJECT_ROOT))
+            assert not dockerignore_excludes(relative), f"{relative} is excluded by .dockerignore"
 
 
 @pytest.mark.parametrize(
@@ -207,27 +225,41 @@ def test_dockerignore_keeps_tests_data_and_virtualenvs_out_but_not_a_model(path:
     assert dockerignore_excludes(path) is excluded
 
 
-def imported_root_modules(module: str) -> set[str]:
-    """The project's root modules that `module` imports, directly or through each other."""
-    root_modules = {path.stem for path in PROJECT_ROOT.glob("*.py")}
-    found, pending = set(), [module]
+def project_module_file(name: str) -> Path | None:
+    """The project file that defines module `name` (a root module or one of a package), if any."""
+    path = PROJECT_ROOT.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file() and ".venv" not in candidate.parts:
+            return candidate
+    return None
+
+
+def imported_project_files(module: str) -> set[str]:
+    """The project's files that `module` imports, directly or through each other (with the
+    `__init__.py` of every package on the way), relative to the project root."""
+    found: set[str] = set()
+    pending = [module]
     while pending:
-        current = pending.pop()
-        found.add(current)
-        tree = ast.parse((PROJECT_ROOT / f"{current}.py").read_text())
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            pending += [n.split(".")[0] for n in names if n.split(".")[0] in root_modules - found]
+        name = pending.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b runs a/__init__.py first
+            path = project_module_file(".".join(parts[:depth]))
+            if path is None or str(path.relative_to(PROJECT_ROOT)) in found:
+                continue
+            found.add(str(path.relative_to(PROJECT_ROOT)))
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    pending += [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    # `from package import submodule` imports the submodule too.
+                    pending += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
     return found
 
 
 def test_image_holds_the_modules_the_handler_imports_and_nothing_else() -> None:
-    copied = {Path(s).stem for sources, dest in copies() if dest.startswith(TASK_ROOT) for s in sources}
     [command] = [json.loads(i.arguments) for i in INSTRUCTIONS if i.keyword == "CMD"]
     handler_module = command[0].rsplit(".", 1)[0]
-    assert copied == imported_root_modules(handler_module)
+    assert set(task_root_files()) == imported_project_files(handler_module)
 
 
 def test_requirements_file_is_the_locks_runtime_set() -> None:
@@ -368,10 +400,9 @@ def test_handler_answers_from_the_image_task_root_with_only_the_runtime_set(
 ) -> None:
     task_root = tmp_path / "task"
     task_root.mkdir()
-    for sources, destination in copies():
-        if destination.startswith(TASK_ROOT):
-            for source in sources:
-                shutil.copy(PROJECT_ROOT / source, task_root)
+    for inside, source in task_root_files().items():
+        (task_root / inside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, task_root / inside)
     [command] = [json.loads(i.arguments) for i in INSTRUCTIONS if i.keyword == "CMD"]
     kinesis = client("kinesis")
     create_stream(kinesis, "predictions")

@@ -14,9 +14,9 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from ride_events import KinesisRecord, decode_ride_event
 from scripts import invoke as invoke_script
 from scripts.stack import run
+from stream.ride_events import KinesisRecord, decode_ride_event
 from tests.deploy.conftest import STAGE, moto_api
 
 ARN = "arn:aws:kinesis:eu-west-1:210987654321:stream/ride-events-prod"

@@ -19,7 +19,7 @@ from model_service import build_service
 from scripts import smoke_test
 from scripts.smoke_test import SmokeTestError, wait_for_prediction
 from scripts.stack import run
-from settings import Settings
+from stream.settings import Settings
 from tests.conftest import RecordingLog, create_stream
 from tests.deploy.conftest import STAGE
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kinesis_output import RetryPolicy
+from stream.kinesis_output import RetryPolicy
 
 
 class ConfigurationError(ValueError):

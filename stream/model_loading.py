@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from ride_events import ModelInfo
+from stream.ride_events import ModelInfo
 
 
 class ModelLoadError(RuntimeError):
