@@ -1,5 +1,5 @@
 # The Lambda function's container image. `make publish` builds it for linux/amd64 and pushes it
-# to ECR (README "Deploy to AWS"). Needs Docker 23+ (BuildKit: RUN --mount).
+# to ECR (docs/deploy.md). Needs Docker 23+ (BuildKit: RUN --mount).
 #
 #   docker build --platform linux/amd64 -t ride-duration .                      # model from MODEL_URI
 #   docker build --platform linux/amd64 --build-arg MODEL_DIR=model -t ride-duration .   # model baked in

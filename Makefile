@@ -63,7 +63,7 @@ lock: | $(UV)  ## re-resolve uv.lock after editing pyproject.toml
 clean:  ## remove the virtualenvs, MLflow store and exported model
 	rm -rf $(VENV) .tools .mlflow model data .local-aws .bench .pytest_cache .ruff_cache
 
-# --- Deploy to AWS (README "Deploy to AWS"): STAGE names the stack, ride-duration-$(STAGE) ---
+# --- Deploy to AWS (docs/deploy.md): STAGE names the stack, ride-duration-$(STAGE) ---
 STAGE ?= dev
 .PHONY: requirements publish deploy smoke invoke
 

@@ -411,19 +411,22 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-README_MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
+RESULTS_MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 
 
-def quote_in_readme(table: str, readme: Path = ROOT / "README.md") -> None:
-    """Replace the table between the README's markers with this run's (full runs only)."""
-    text = readme.read_text()
-    start, end = README_MARKERS
+RESULTS_PAGE = ROOT / "docs" / "benchmarks.md"
+
+
+def quote_in_results_page(table: str, page: Path = RESULTS_PAGE) -> None:
+    """Replace the table between the page's markers with this run's (full runs only)."""
+    text = page.read_text()
+    start, end = RESULTS_MARKERS
     if start not in text or end not in text:
-        say(f"README.md has no {start} ... {end} section: table not quoted")
+        say(f"{page.name} has no {start} ... {end} section: table not quoted")
         return
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}{end}{tail}")
+    page.write_text(f"{head}{start}\n{table}{end}{tail}")
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -454,7 +457,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_results(results: dict[str, Any], out: Path, *, quote: bool) -> None:
-    """results.json, results.md, throughput.png; and, for a full default run, the README's table."""
+    """results.json, results.md, throughput.png; and, for a full default run, the table in docs/benchmarks.md."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
@@ -463,8 +466,8 @@ def write_results(results: dict[str, Any], out: Path, *, quote: bool) -> None:
         plot(results["throughput"], out / "throughput.png")
     written = f"{out}/results.md, results.json, throughput.png"
     if quote:
-        quote_in_readme(table)
-        written += ", and the table in README.md"
+        quote_in_results_page(table)
+        written += ", and the table in docs/benchmarks.md"
     say("\n" + table)
     say(f"written: {written}")
 

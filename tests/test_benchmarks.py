@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.run import README_MARKERS, evaluate, markdown, quote_in_readme
+from benchmarks.run import RESULTS_MARKERS, evaluate, markdown, quote_in_results_page
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,15 +55,15 @@ def test_targets_are_reported_as_met_or_not() -> None:
     assert "| 5,000 | 1,300.0 |" in table
 
 
-def test_a_full_run_replaces_only_the_quoted_table_in_the_readme(tmp_path: Path) -> None:
-    start, end = README_MARKERS
-    readme = tmp_path / "README.md"
+def test_a_full_run_replaces_only_the_quoted_table_in_the_results_page(tmp_path: Path) -> None:
+    start, end = RESULTS_MARKERS
+    readme = tmp_path / "benchmarks.md"
     readme.write_text(f"# Title\n\n{start}\n| old | table |\n{end}\n\n## After\n")
-    quote_in_readme("| new | table |\n", readme)
+    quote_in_results_page("| new | table |\n", readme)
     assert readme.read_text() == f"# Title\n\n{start}\n| new | table |\n{end}\n\n## After\n"
 
 
-def test_the_readme_quotes_the_committed_results_table() -> None:
-    start, end = README_MARKERS
-    quoted = (ROOT / "README.md").read_text().split(start, 1)[1].split(end, 1)[0]
+def test_the_results_page_quotes_the_committed_results_table() -> None:
+    start, end = RESULTS_MARKERS
+    quoted = (ROOT / "docs" / "benchmarks.md").read_text().split(start, 1)[1].split(end, 1)[0]
     assert quoted.strip() == (ROOT / "benchmarks" / "results" / "results.md").read_text().strip()
