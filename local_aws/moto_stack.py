@@ -77,19 +77,11 @@ class MotoServer:
 
     def start(self, timeout: float = 30) -> None:
         ensure_port_free(self.port, "moto (local AWS)", "--port")
-        # steady_gc (benchmarks): a full collection in moto, which holds every stored record,
-        # pauses a request for 100 ms or more at random; rare young collections keep the
-        # endpoint's noise off whichever design happens to be measured.
-        launcher = (
-            [
-                "-c",
-                "import gc, sys; gc.set_threshold(100_000, 50, 1000); from moto.server import main; main(sys.argv[1:])",
-            ]
-            if self._steady_gc
-            else ["-m", "moto.server"]
-        )
+        # local_aws.moto_server: moto refusing what Kinesis refuses; steady_gc for benchmarks.
+        launcher = ["-m", "local_aws.moto_server", *(["--steady-gc"] if self._steady_gc else [])]
         self._process = Spawner().popen(
             [sys.executable, *launcher, "-H", "127.0.0.1", "-p", str(self.port)],
+            cwd=Path(__file__).resolve().parent.parent,
             stdin=subprocess.DEVNULL,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
