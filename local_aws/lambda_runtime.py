@@ -157,6 +157,7 @@ class LocalLambda:
         self._init_duration_ms: float | None = None  # reported once, after a cold start
         self._pump: threading.Thread | None = None
         self.cold_starts = 0
+        self._generation = 0  # which function process is current: a stopped one's /next is stale
         self.server = QuietHTTPServer(("127.0.0.1", port), self._handler_class())
         self._thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-lambda", daemon=True
@@ -210,6 +211,7 @@ class LocalLambda:
         self._init_error = None
         self._init_done.clear()
         self.cold_starts += 1
+        self._generation += 1
         env = {
             **os.environ,
             **self.config.environment,
@@ -412,13 +414,18 @@ class LocalLambda:
         if not self._init_done.is_set():
             self._init_duration_ms = (time.monotonic() - self._started_at) * 1000
         self._init_done.set()  # asking for work means the init succeeded
-        while not self._stopping.is_set():
+        generation = self._generation
+        while not self._stopping.is_set() and generation == self._generation:
             try:
-                invocation = self._pending.get(timeout=0.5)
+                invocation = self._pending.get(timeout=0.1)
             except queue.Empty:
                 continue
             if invocation.done.is_set():
                 continue
+            if generation != self._generation:
+                # Asked by a process that was replaced (restart): the work is the new one's.
+                self._pending.put(invocation)
+                return
             request._send(
                 200,
                 invocation.payload,

@@ -109,10 +109,18 @@ def create_streams(kinesis: Any, streams: Iterable[StreamSpec]) -> None:
 
 
 def upload_model(s3: Any, model_dir: Path, bucket: str, prefix: str) -> str:
-    """Create the bucket if needed, upload the model directory, return its s3:// URI."""
+    """Create the bucket if needed, make the prefix a copy of the model directory (files no
+    longer in it are deleted), return its s3:// URI."""
     if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
         s3.create_bucket(Bucket=bucket)
+    keys = set()
     for path in sorted(model_dir.rglob("*")):
         if path.is_file():
-            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(model_dir).as_posix()}")
+            key = f"{prefix}/{path.relative_to(model_dir).as_posix()}"
+            s3.upload_file(str(path), bucket, key)
+            keys.add(key)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        stale = [{"Key": obj["Key"]} for obj in page.get("Contents", []) if obj["Key"] not in keys]
+        if stale:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": stale})
     return f"s3://{bucket}/{prefix}"
