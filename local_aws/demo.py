@@ -210,11 +210,13 @@ def run_demo(
     for reader in readers:
         reader.start()
     progress = Progress()
-    sent = lambda: len(tally.sent_at)  # noqa: E731
-    line = lambda: (  # noqa: E731
-        f"rides put {sent():,}/{count:,} · predictions {sum(tally.predictions.values()):,}"
-        f" · dead letters {sum(tally.dead_letters.values()):,}"
-    )
+
+    def line() -> str:
+        return (
+            f"rides put {len(tally.sent_at):,}/{count:,} · predictions {sum(tally.predictions.values()):,}"
+            f" · dead letters {sum(tally.dead_letters.values()):,}"
+        )
+
     print(f"\nStreaming {count:,} rides at ~{rate:.0f}/s ({malformed} malformed on purpose) ...")
     started = time.monotonic()
     stream_rides(

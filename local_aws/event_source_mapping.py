@@ -29,9 +29,10 @@ mapping runs in production; this one is for development and tests:
   move past its records. If the destination cannot be written, the records stay and the send
   is retried with backoff.
 
-Not emulated: tumbling windows, filter criteria, enhanced fan-out (`StartingPosition` is read
-with GetRecords), the mapping's own scaling and throttling. The lanes of one shard start their
-batches together and the next ones once all have answered, where AWS lets each lane run on.
+Not emulated: tumbling windows, filter criteria, enhanced fan-out, the mapping's own scaling and
+throttling (their settings are refused, not ignored). With `ParallelizationFactor` > 1 the lanes
+of a shard start their batches together and the next ones once all have answered, where AWS
+lets each lane run on.
 """
 
 from __future__ import annotations

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from local_aws import event_source_mapping
 from local_aws.event_source_mapping import (
     EventSourceMapping,
     FailureDestination,
@@ -502,3 +505,17 @@ def test_with_parallelization_a_failing_lane_retries_alone_and_keeps_its_order(s
     ]
     [_first, redelivery] = [batch for batch in function.batches if "ride-0/1" in batch]
     assert {p.lane_of(payload.split("/")[0]) for payload in redelivery} == {failing_lane}
+
+
+def not_emulated(text: str) -> str:
+    found = re.search(r"Not emulated: ([^.]+)\.", " ".join(text.split()))
+    assert found, "no 'Not emulated:' sentence"
+    return found[1]
+
+
+def test_the_docs_and_the_module_name_the_same_gaps_and_their_settings_are_refused() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "local.md").read_text()
+    assert not_emulated(docs) == not_emulated(event_source_mapping.__doc__ or "")
+    for setting in ("TumblingWindowInSeconds", "FilterCriteria", "ScalingConfig"):
+        with pytest.raises(MappingConfigError, match=setting):
+            MappingConfig.from_dict({setting: {}})
