@@ -17,7 +17,8 @@ mapping runs in production; this one is for development and tests:
   since the first record has passed.
 - `ParallelizationFactor` N (1-10): a shard's records are spread over N lanes by the hash of
   their partition key, and up to N batches (one per lane) are invoked at the same time. Each
-  lane keeps its own order, checkpoint, retries and bisection, so a key's records stay in order.
+  lane keeps its own order, checkpoint, retries and bisection, so a key's records stay in order,
+  and a lane stuck on retries does not hold up the others (up to 10,000 records held per shard).
 - `ReportBatchItemFailures`: checkpoint before the lowest failed sequence number and deliver
   again from there; an unreadable response (no list, an empty or unknown `itemIdentifier`)
   fails the whole batch.
@@ -55,6 +56,9 @@ from local_aws.kinesis_events import StreamRecord, kinesis_event, stream_arn
 
 MAX_INVOKE_PAYLOAD = 6 * 1024 * 1024  # synchronous invoke limit
 GET_RECORDS_LIMIT = 10_000
+# Records a shard holds for its lanes at most (a GetRecords page may go past it): with
+# ParallelizationFactor > 1, a lane stuck on retries must not keep the others from new records.
+READ_AHEAD_LIMIT = 10_000
 # AWS does not say how often its mapping lists shards; a few seconds shows a reshard quickly.
 SHARD_REFRESH_SECONDS = 5.0
 MAX_RETRY_DELAY = 5.0
@@ -419,15 +423,25 @@ class ShardPoller:
     def _has_full_batch(self) -> bool:
         return any(len(lane.buffer) >= self.config.BatchSize for lane in self.lanes)
 
+    def _wants_more(self) -> bool:
+        """Whether to read: some lane lacks a full batch, and the shard holds less than its limit."""
+        if self.ended:
+            return False
+        if len(self.lanes) == 1:
+            return len(self.lanes[0].buffer) < self.config.BatchSize
+        return self.buffered < READ_AHEAD_LIMIT and any(
+            len(lane.buffer) < self.config.BatchSize for lane in self.lanes
+        )
+
     def _fill(self) -> None:
         """Read until a batch is full, or the batching window since the first record has passed."""
-        if not self._has_full_batch():
+        if self._wants_more():
             self._read()
         window = self.config.MaximumBatchingWindowInSeconds
         if not self.buffered or window <= 0:
             return
         window_ends = time.monotonic() + window
-        while not self._has_full_batch() and not self.ended and not self.stop.is_set():
+        while not self._has_full_batch() and self._wants_more() and not self.stop.is_set():
             remaining = window_ends - time.monotonic()
             if remaining <= 0:
                 return

@@ -519,3 +519,21 @@ def test_the_docs_and_the_module_name_the_same_gaps_and_their_settings_are_refus
     for setting in ("TumblingWindowInSeconds", "FilterCriteria", "ScalingConfig"):
         with pytest.raises(MappingConfigError, match=setting):
             MappingConfig.from_dict({setting: {}})
+
+
+def test_with_parallelization_a_lane_stuck_on_retries_does_not_starve_the_others(stream: Any) -> None:
+    function = ScriptedFunction(
+        lambda payloads, s: (
+            always_error(payloads, s) if any(p.startswith("stuck/") for p in payloads) else InvokeResult(None)
+        )
+    )
+    p = poller(stream, function, BatchSize=2, ParallelizationFactor=2, MaximumRetryAttempts=-1)
+    free = next(f"free-{i}" for i in range(100) if p.lane_of(f"free-{i}") != p.lane_of("stuck"))
+    put_keyed(stream, [("stuck", f"stuck/{n}") for n in range(4)])
+    for _ in range(3):
+        p.step()  # the stuck lane fails again and again, holding more than a batch
+    put_keyed(stream, [(free, f"free/{n}") for n in range(3)])
+    for _ in range(6):
+        p.step()
+    delivered = [payload for batch in function.batches for payload in batch]
+    assert [d for d in delivered if d.startswith("free/")] == ["free/0", "free/1", "free/2"]
