@@ -272,14 +272,18 @@ class LocalLambda:
             return
         fd = process.stdout.fileno()
         while True:
-            readable, _, _ = select.select([fd], [], [], 0.5)
-            if readable:
-                with self._output_lock:
-                    data = os.read(fd, 65536)
-                    if not data:
-                        process.stdout.close()
-                        return
-                    self._write_output(data)
+            if not select.select([fd], [], [], 0.5)[0]:
+                continue
+            with self._output_lock:
+                # Looked again under the lock: _sync_output may have taken the data meanwhile,
+                # and a read that blocks here would hold the lock until the function writes.
+                if not select.select([fd], [], [], 0)[0]:
+                    continue
+                data = os.read(fd, 65536)
+                if not data:
+                    process.stdout.close()
+                    return
+                self._write_output(data)
 
     def _sync_output(self) -> None:
         """Take in whatever the function has written so far (it writes before it answers)."""

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import select
+import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -214,3 +218,35 @@ def test_restart_starts_a_fresh_environment_and_keeps_its_init_log(start_functio
     assert after["pid"] != before["pid"]
     assert function.cold_starts == 2
     assert f"handlers initialised in process {after['pid']}".encode() in function.init_log()
+
+
+def test_the_output_pump_never_waits_for_the_function_while_holding_the_output_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race that hung the demo with ParallelizationFactor 4: the pump sees output ready, an
+    invocation's capture takes it first, and a read by the pump would then wait for the
+    function's next output with the lock held, so no invocation could finish its log."""
+    function = LocalLambda(FunctionConfig(code_dir=FIXTURES), port=free_port())
+    read_end, write_end = os.pipe()
+    process = types.SimpleNamespace(stdout=os.fdopen(read_end, "rb", buffering=0))
+    function._process = process  # type: ignore[assignment]
+    real_select = select.select
+    pump = threading.Thread(target=function._pump_output, args=(process,), daemon=True)
+
+    def select_losing_the_race(*args: Any) -> Any:
+        ready = real_select(*args)
+        if ready[0] and args[3] != 0 and threading.current_thread() is pump:
+            function._sync_output()  # the capture takes the data between the pump's look and read
+        return ready
+
+    monkeypatch.setattr(select, "select", select_losing_the_race)
+    try:
+        pump.start()
+        os.write(write_end, b"the function's last line\n")  # and then it waits for work
+        time.sleep(0.2)
+        assert function._output_lock.acquire(timeout=2), "the pump holds the lock in a blocked read"
+        function._output_lock.release()
+    finally:
+        os.close(write_end)  # the pump sees the end and stops
+        pump.join(5)
+        function.server.server_close()
