@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -136,7 +137,7 @@ class ScoringSummary:
             else None
         )
 
-    def add_errors(self, predicted: np.ndarray, actual: np.ndarray) -> None:
+    def add_errors(self, predicted: npt.NDArray[np.float64], actual: npt.NDArray[np.float64]) -> None:
         """Running sums, not the rows: memory stays flat however many rows are compared."""
         known = ~np.isnan(predicted) & ~np.isnan(actual)
         error = predicted[known] - actual[known]
@@ -205,7 +206,7 @@ def open_trips(uri: str) -> Trips:
     missing = [name for name in FEATURE_COLUMNS if name not in names]
     if pickup is None:
         missing.insert(0, " or ".join(PICKUP_COLUMNS))
-    if missing:
+    if missing or pickup is None:
         raise ScoringError(f"{uri}: missing columns {missing}: expected NYC TLC trip data (green or yellow)")
     dropoff = next((name for name in DROPOFF_COLUMNS if name in names), None)
     for column in filter(None, (pickup, dropoff)):
@@ -229,12 +230,15 @@ def validate_rows(batch: pa.RecordBatch) -> tuple[list[Ride], list[int], list[st
     positions: list[int] = []
     reasons: list[str | None] = [None] * batch.num_rows
     for row, values in enumerate(zip(pickup_zones, dropoff_zones, distances, strict=True)):
-        nulls = [name for name, value in zip(FEATURE_COLUMNS, values, strict=True) if value is None]
-        if nulls:
+        pickup_zone, dropoff_zone, distance = values
+        if pickup_zone is None or dropoff_zone is None or distance is None:
+            nulls = [name for name, value in zip(FEATURE_COLUMNS, values, strict=True) if value is None]
             reasons[row] = "; ".join(f"{name}: missing" for name in nulls)
             continue
         try:
-            ride = Ride(PULocationID=_zone(values[0]), DOLocationID=_zone(values[1]), trip_distance=values[2])
+            ride = Ride(
+                PULocationID=_zone(pickup_zone), DOLocationID=_zone(dropoff_zone), trip_distance=distance
+            )
         except ValidationError as error:
             reasons[row] = "; ".join(f"{f}: {r}" for f, r in validation_problems(error, root="row"))
             continue
@@ -243,7 +247,7 @@ def validate_rows(batch: pa.RecordBatch) -> tuple[list[Ride], list[int], list[st
     return rides, positions, reasons
 
 
-def actual_minutes(batch: pa.RecordBatch, trips: Trips) -> pa.Array:
+def actual_minutes(batch: pa.RecordBatch, trips: Trips) -> pa.Array[Any]:
     """Drop-off minus pick-up in minutes (null where either is null, or without drop-off times)."""
     if trips.dropoff_column is None:
         return pa.nulls(batch.num_rows, pa.float64())
@@ -290,7 +294,7 @@ def score(
     trips: Trips,
     output_uri: str,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    on_chunk: Callable[[int], None] | None = None,
+    on_chunk: Callable[[int], object] | None = None,
 ) -> ScoringSummary:
     """Score every row of `trips` into `output_uri`; `on_chunk(rows)` after each chunk is written."""
     summary = ScoringSummary(trips.uri, output_uri, model.info.version)

@@ -238,7 +238,8 @@ def load_skops(model_file: Path, trusted: list[str]) -> Predictor:
     untrusted = [t for t in skops.io.get_untrusted_types(file=model_file) if t not in trusted]
     if untrusted:
         raise ModelLoadError(str(model_file), f"skops file holds untrusted types {untrusted}")
-    return skops.io.load(model_file, trusted=trusted)
+    model: Predictor = skops.io.load(model_file, trusted=trusted)
+    return model
 
 
 def load_pyfunc(local_dir: Path) -> Predictor:
@@ -252,4 +253,5 @@ def load_pyfunc(local_dir: Path) -> Predictor:
             "add mlflow's pyfunc dependencies (pandas) to the runtime set",
         ) from error
     # Given the same list of feature dicts as the sklearn path, as the course's pyfunc call was.
-    return mlflow.pyfunc.load_model(str(local_dir))
+    model: Predictor = mlflow.pyfunc.load_model(str(local_dir))
+    return model
