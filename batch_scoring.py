@@ -20,7 +20,8 @@ Output, one row per input row, in input order:
 
 Rows that cannot be predicted (a null or non-integer zone, a null, negative or non-finite
 distance) are kept with a reason, counted, and listed in the summary: never dropped silently.
-S3 is reached with pyarrow's own S3 client, pointed at boto3's standard endpoint variables.
+S3 is read with pyarrow's own S3 client, pointed at boto3's standard endpoint variables, and
+written by `batch_output`, so that the output appears only when the whole run succeeded.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from batch_output import OutputError, replaced_on_success, s3_location
 from model_service import load_configured_model, predict_durations
 from stream.model_loading import LoadedModel, ModelLoadError
 from stream.ride_events import Ride, validation_problems
@@ -181,10 +183,39 @@ def filesystem_for(uri: str, env: Mapping[str, str] | None = None) -> tuple[pafs
         # (AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL) so moto or LocalStack work unchanged.
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
-        return pafs.S3FileSystem(endpoint_override=endpoint, region=region), uri.removeprefix("s3://")
-    if "://" in uri:
-        raise ScoringError(f"{uri}: only local paths and s3:// URIs are supported")
+        bucket, key = _s3_location(uri)
+        return pafs.S3FileSystem(endpoint_override=endpoint, region=region), f"{bucket}/{key}"
+    _refuse_other_schemes(uri)
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+
+
+def _s3_location(uri: str) -> tuple[str, str]:
+    try:
+        return s3_location(uri)
+    except ValueError as error:
+        raise ScoringError(str(error)) from None
+
+
+def _refuse_other_schemes(uri: str) -> None:
+    if "://" in uri and not uri.startswith("s3://"):
+        raise ScoringError(f"{uri}: only local paths and s3:// URIs are supported")
+
+
+def refuse_same_file(input_uri: str, output_uri: str) -> None:
+    """Writing the output over the input would destroy it: refuse any two names for one file
+    (`trips.parquet` and `./trips.parquet`, a symbolic or hard link) or one S3 object."""
+    input_s3, output_s3 = input_uri.startswith("s3://"), output_uri.startswith("s3://")
+    if input_s3 and output_s3:
+        same = _s3_location(input_uri) == _s3_location(output_uri)
+    elif input_s3 or output_s3 or "://" in input_uri or "://" in output_uri:
+        same = False
+    else:
+        source, target = (Path(uri).expanduser() for uri in (input_uri, output_uri))
+        same = source.resolve() == target.resolve() or (
+            source.exists() and target.exists() and source.samefile(target)
+        )
+    if same:
+        raise ScoringError(f"{output_uri}: is the input file ({input_uri}); give another output")
 
 
 def open_trips(uri: str) -> Trips:
@@ -296,7 +327,10 @@ def score(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_chunk: Callable[[int], object] | None = None,
 ) -> ScoringSummary:
-    """Score every row of `trips` into `output_uri`; `on_chunk(rows)` after each chunk is written."""
+    """Score every row of `trips` into `output_uri`; `on_chunk(rows)` after each chunk is written.
+
+    The output appears (or replaces an older one) only once every row is written."""
+    refuse_same_file(trips.uri, output_uri)
     summary = ScoringSummary(trips.uri, output_uri, model.info.version)
     started = time.perf_counter()
     with _parquet_writer(output_uri, trips.output_schema) as writer:
@@ -311,24 +345,20 @@ def score(
 
 @contextmanager
 def _parquet_writer(uri: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A writer whose output is removed if scoring fails half-way: no half-written results."""
-    filesystem, path = filesystem_for(uri)
+    """A writer whose output appears only if scoring succeeds (batch_output): a run that fails
+    half-way leaves no half-written results, and an older output as it was."""
+    if uri.startswith("s3://"):
+        _s3_location(uri)
+    _refuse_other_schemes(uri)
     try:
-        if isinstance(filesystem, pafs.LocalFileSystem):
-            filesystem.create_dir(str(Path(path).parent), recursive=True)
-        sink = filesystem.open_output_stream(path)
-    except OSError as error:
+        with replaced_on_success(uri) as sink:
+            writer = pq.ParquetWriter(sink, schema)
+            try:
+                yield writer
+            finally:
+                writer.close()
+    except OutputError as error:  # no such bucket or directory, access denied...
         raise ScoringError(f"{uri}: cannot write: {error}") from None
-    writer = pq.ParquetWriter(sink, schema)
-    try:
-        yield writer
-    except BaseException:
-        writer.close()
-        sink.close()
-        filesystem.delete_file(path)
-        raise
-    writer.close()
-    sink.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,10 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.chunk_rows < 1:
         parser.error("--chunk-rows must be at least 1")
-    if args.input == args.output:
-        parser.error("input and output are the same file")
     env = {**os.environ, **({"MODEL_URI": args.model_uri} if args.model_uri else {})}
     try:
+        refuse_same_file(args.input, args.output)  # before the model loads: fail fast
         trips = open_trips(args.input)
         model = load_configured_model(Settings.from_env(env))
         with (
