@@ -22,6 +22,7 @@ from botocore.config import Config
 from stream.kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
 from stream.model_loading import LoadedModel, load_model
 from stream.ride_events import (
+    MAX_LOGGED_DEAD_LETTER_DATA_CHARS,
     DeadLetter,
     KinesisRecord,
     PoisonRecordError,
@@ -129,14 +130,17 @@ class KinesisDeadLetters:
 
 
 class LoggedDeadLetters:
-    """Without a dead-letter stream, each letter is logged at ERROR with its raw data."""
+    """Without a dead-letter stream, each letter is logged at ERROR with its data, cut to stay
+    within one CloudWatch Logs event (MAX_LOGGED_DEAD_LETTER_DATA_CHARS)."""
 
     def __init__(self, log: Log) -> None:
         self.log = log
 
     def put(self, letters: Sequence[DeadLetter]) -> list[FailedWrite]:
         for letter in letters:
-            self.log.error("dead letter", extra={"dead_letter": letter.to_dict()})
+            self.log.error(
+                "dead letter", extra={"dead_letter": letter.to_dict(MAX_LOGGED_DEAD_LETTER_DATA_CHARS)}
+            )
         return []
 
 

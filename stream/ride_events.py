@@ -194,9 +194,15 @@ class PredictionEvent:
 
 
 # A dead letter must fit in one Kinesis record (1 MiB with its key); the input record may
-# already be 1 MiB, so past this size the raw data is cut and marked as truncated. The full
-# record stays readable on the input stream by shard and sequence number until it expires.
+# already be 1 MiB, so past this size the data is cut and marked as truncated. The limit counts
+# characters of the base64 text as Lambda hands it over (700 KiB of it is 525 KiB of the
+# producer's bytes). The full record stays readable on the input stream by shard and sequence
+# number until it expires.
 MAX_DEAD_LETTER_DATA_CHARS = 700 * 1024
+# Without a dead-letter stream a letter is one log line, and CloudWatch Logs cuts an event at
+# 256 KB (262,144 bytes): 192 KiB of base64 (144 KiB of the producer's bytes) leaves 64 KiB for
+# the reason, the source and the logger's own fields.
+MAX_LOGGED_DEAD_LETTER_DATA_CHARS = 192 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +212,13 @@ class DeadLetter:
     record: KinesisRecord
     reason: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, max_data_chars: int = MAX_DEAD_LETTER_DATA_CHARS) -> dict[str, Any]:
+        """The letter, its base64 data cut to `max_data_chars` characters (`data_truncated`)."""
         data = self.record.data
-        truncated = len(data) > MAX_DEAD_LETTER_DATA_CHARS
+        truncated = len(data) > max_data_chars
         return {
             "reason": self.reason,
-            "data": data[:MAX_DEAD_LETTER_DATA_CHARS],
+            "data": data[:max_data_chars],
             "data_truncated": truncated,
             "partition_key": self.record.partition_key,
             "approximate_arrival_timestamp": self.record.approximate_arrival_timestamp,
