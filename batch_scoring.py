@@ -18,8 +18,10 @@ Output, one row per input row, in input order:
   model_version         the model's registry version or run id
   no_prediction_reason  why predicted_duration is null (e.g. "trip_distance: missing"), else null
 
-Rows that cannot be predicted (a null or non-integer zone, a null, negative or non-finite
-distance) are kept with a reason, counted, and listed in the summary: never dropped silently.
+Rows that cannot be predicted (a null, non-integer or out-of-range zone, a null, negative,
+non-finite or too long distance: the bounds are the stream's, `MAX_ZONE_ID` and
+`MAX_TRIP_DISTANCE_MILES`) are kept with a reason, counted, and listed in the summary: never
+dropped silently.
 S3 is read with pyarrow's own S3 client, pointed at boto3's standard endpoint variables, and
 written by `batch_output`, so that the output appears only when the whole run succeeded.
 """
@@ -51,7 +53,7 @@ from tqdm import tqdm
 from batch_output import OutputError, replaced_on_success, s3_location
 from model_service import load_configured_model, predict_durations
 from stream.model_loading import LoadedModel, ModelLoadError
-from stream.ride_events import Ride, validation_problems
+from stream.ride_events import TLC_BOUNDS, Ride, RideBounds, ride_types, validation_problems
 from stream.settings import ConfigurationError, Settings
 
 FEATURE_COLUMNS = ("PULocationID", "DOLocationID", "trip_distance")
@@ -254,8 +256,11 @@ def _zone(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def validate_rows(batch: pa.RecordBatch) -> tuple[list[Ride], list[int], list[str | None]]:
-    """The valid rides, their positions in the batch, and a reason per row that is not one."""
+def validate_rows(
+    batch: pa.RecordBatch, ride_type: type[Ride] = Ride
+) -> tuple[list[Ride], list[int], list[str | None]]:
+    """The valid rides, their positions in the batch, and a reason per row that is not one
+    (`ride_type`: Ride, or `ride_types(bounds).ride` for other bounds)."""
     pickup_zones, dropoff_zones, distances = (batch.column(name).to_pylist() for name in FEATURE_COLUMNS)
     rides: list[Ride] = []
     positions: list[int] = []
@@ -267,7 +272,7 @@ def validate_rows(batch: pa.RecordBatch) -> tuple[list[Ride], list[int], list[st
             reasons[row] = "; ".join(f"{name}: missing" for name in nulls)
             continue
         try:
-            ride = Ride(
+            ride = ride_type(
                 PULocationID=_zone(pickup_zone), DOLocationID=_zone(dropoff_zone), trip_distance=distance
             )
         except ValidationError as error:
@@ -289,10 +294,16 @@ def actual_minutes(batch: pa.RecordBatch, trips: Trips) -> pa.Array[Any]:
 
 
 def score_chunk(
-    model: LoadedModel, trips: Trips, batch: pa.RecordBatch, first_ride_id: int, summary: ScoringSummary
+    model: LoadedModel,
+    trips: Trips,
+    batch: pa.RecordBatch,
+    first_ride_id: int,
+    summary: ScoringSummary,
+    *,
+    ride_type: type[Ride] = Ride,
 ) -> pa.Table:
     """One chunk: validate, ONE model call for its valid rides, the output rows."""
-    rides, positions, reasons = validate_rows(batch)
+    rides, positions, reasons = validate_rows(batch, ride_type)
     predicted = np.full(batch.num_rows, np.nan)
     if rides:
         predicted[positions] = predict_durations(model, rides)
@@ -326,17 +337,20 @@ def score(
     output_uri: str,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_chunk: Callable[[int], object] | None = None,
+    *,
+    bounds: RideBounds = TLC_BOUNDS,
 ) -> ScoringSummary:
     """Score every row of `trips` into `output_uri`; `on_chunk(rows)` after each chunk is written.
 
     The output appears (or replaces an older one) only once every row is written."""
     refuse_same_file(trips.uri, output_uri)
+    ride_type = ride_types(bounds).ride
     summary = ScoringSummary(trips.uri, output_uri, model.info.version)
     started = time.perf_counter()
     with _parquet_writer(output_uri, trips.output_schema) as writer:
         for batch in trips.chunks(chunk_rows):
             # summary.rows counts the rows before this chunk: the first ride id in it.
-            writer.write_table(score_chunk(model, trips, batch, summary.rows, summary))
+            writer.write_table(score_chunk(model, trips, batch, summary.rows, summary, ride_type=ride_type))
             if on_chunk:
                 on_chunk(batch.num_rows)
     summary.seconds = time.perf_counter() - started
@@ -378,12 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         refuse_same_file(args.input, args.output)  # before the model loads: fail fast
         trips = open_trips(args.input)
-        model = load_configured_model(Settings.from_env(env))
+        settings = Settings.from_env(env)
+        model = load_configured_model(settings)
         with (
             trips.file,
             tqdm(total=trips.rows, unit="rows", unit_scale=True, disable=args.no_progress) as bar,
         ):
-            summary = score(model, trips, args.output, args.chunk_rows, on_chunk=bar.update)
+            summary = score(
+                model, trips, args.output, args.chunk_rows, on_chunk=bar.update, bounds=settings.ride_bounds
+            )
     except (ScoringError, ConfigurationError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

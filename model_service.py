@@ -30,6 +30,7 @@ from stream.ride_events import (
     Ride,
     RideEvent,
     decode_ride_event,
+    ride_types,
 )
 from stream.settings import Settings
 
@@ -153,11 +154,13 @@ class ModelService:
         predictions: KinesisStreamWriter,
         dead_letters: DeadLetterSink,
         log: Log,
+        ride_events: type[RideEvent] = RideEvent,
     ) -> None:
         self.model = model
         self.predictions = predictions
         self.dead_letters = dead_letters
         self.log = log
+        self.ride_events = ride_events  # ride_types(settings.ride_bounds).event
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         """The Lambda handler's work: process, log, answer (or raise for a whole-batch retry)."""
@@ -189,16 +192,15 @@ class ModelService:
             },
         )
 
-    @staticmethod
     def decode(
-        records: Sequence[KinesisRecord],
+        self, records: Sequence[KinesisRecord]
     ) -> tuple[list[tuple[KinesisRecord, RideEvent]], list[DeadLetter]]:
         """base64 -> UTF-8 -> JSON -> validated RideEvent, or a dead letter naming the failure."""
         rides: list[tuple[KinesisRecord, RideEvent]] = []
         poison: list[DeadLetter] = []
         for record in records:
             try:
-                rides.append((record, decode_ride_event(record)))
+                rides.append((record, decode_ride_event(record, self.ride_events)))
             except PoisonRecordError as error:
                 poison.append(DeadLetter(record, str(error)))
         return rides, poison
@@ -332,4 +334,4 @@ def build_service(settings: Settings, log: Log) -> ModelService:
     )
     if model.version_mismatch:
         log.warning("model and runtime differ: retrain or pin", extra={"problem": model.version_mismatch})
-    return ModelService(model, predictions, dead_letters, log)
+    return ModelService(model, predictions, dead_letters, log, ride_types(settings.ride_bounds).event)

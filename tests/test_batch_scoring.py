@@ -86,6 +86,13 @@ def test_rows_that_cannot_be_predicted_are_kept_with_a_reason_and_counted(
         (130.0, 205.0, math.inf, "trip_distance: Input should be a finite number"),
         (130.0, 205.0, math.nan, "trip_distance: Input should be a finite number"),
         (130.0, 205.0, 0.0, None),
+        (
+            266.0,
+            1e30,
+            3.66,
+            "PULocationID: Input should be less than or equal to 265; DOLocationID: Input should be less than or equal to 265",
+        ),
+        (265.0, 205.0, 1e308, "trip_distance: Input should be less than or equal to 1000"),
     ]
     pickup = pd.Timestamp("2021-01-01 10:00")
     columns = {
@@ -112,9 +119,9 @@ def test_rows_that_cannot_be_predicted_are_kept_with_a_reason_and_counted(
         == predict_durations(model, [Ride(PULocationID=130, DOLocationID=205, trip_distance=3.66)])[0]
     )
     assert [p is None for p in predicted] == [r[3] is not None for r in rows]
-    assert (summary.rows, summary.predicted) == (9, 2)
+    assert (summary.rows, summary.predicted) == (11, 2)
     assert summary.not_predicted["trip_distance: Input should be a finite number"] == 2
-    assert sum(summary.not_predicted.values()) == 7
+    assert sum(summary.not_predicted.values()) == 9
     assert all(row["actual_duration"] == 20.0 for row in out)
 
 
@@ -137,6 +144,30 @@ def test_a_non_finite_prediction_is_stored_as_null_with_the_reason(
     assert out["predicted_duration"].to_pylist() == [None, 12.5, 12.5]
     assert out["no_prediction_reason"].to_pylist() == ["model returned a non-finite prediction", None, None]
     assert (summary.predicted, summary.compared) == (2, 2)
+
+
+def test_other_zone_maps_set_their_bounds_through_the_environment(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trips = synthetic_trips(4, month=3, seed=1)
+    trips["PULocationID"] = [300, 301, 300, 300]
+    trips["trip_distance"] = [1.0, 1.0, 50.0, 50.5]
+    trips.to_parquet(tmp_path / "trips.parquet")
+    monkeypatch.setenv("MAX_ZONE_ID", "300")
+    monkeypatch.setenv("MAX_TRIP_DISTANCE_MILES", "50")
+
+    code = main(
+        [str(tmp_path / "trips.parquet"), str(tmp_path / "out.parquet"), "--model-uri", str(model_dir)]
+    )
+
+    assert code == 0
+    assert pq.read_table(tmp_path / "out.parquet")["no_prediction_reason"].to_pylist() == [
+        None,
+        "PULocationID: Input should be less than or equal to 300",
+        None,
+        "trip_distance: Input should be less than or equal to 50",
+    ]
+    assert "predicted 2; not predicted 2" in capsys.readouterr().out
 
 
 def rmse_line(output: str) -> str:
