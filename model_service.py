@@ -154,13 +154,13 @@ class ModelService:
         predictions: KinesisStreamWriter,
         dead_letters: DeadLetterSink,
         log: Log,
-        ride_events: type[RideEvent] = RideEvent,
+        ride_event_type: type[RideEvent] = RideEvent,
     ) -> None:
         self.model = model
         self.predictions = predictions
         self.dead_letters = dead_letters
         self.log = log
-        self.ride_events = ride_events  # ride_types(settings.ride_bounds).event
+        self.ride_event_type = ride_event_type  # ride_types(settings.ride_bounds).event: the bounds
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         """The Lambda handler's work: process, log, answer (or raise for a whole-batch retry)."""
@@ -200,7 +200,7 @@ class ModelService:
         poison: list[DeadLetter] = []
         for record in records:
             try:
-                rides.append((record, decode_ride_event(record, self.ride_events)))
+                rides.append((record, decode_ride_event(record, self.ride_event_type)))
             except PoisonRecordError as error:
                 poison.append(DeadLetter(record, str(error)))
         return rides, poison
