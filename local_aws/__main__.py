@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop_on_sigterm()
     try:
-        return args.run(args)
+        code: int = args.run(args)
+        return code
     except PortInUseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

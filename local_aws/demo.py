@@ -173,8 +173,8 @@ def run_demo(
     for reader in readers:
         reader.start()
     progress = Progress()
-    sent = lambda: len(tally.sent_at)  # noqa: E731
-    line = lambda: (  # noqa: E731
+    sent: Callable[[], int] = lambda: len(tally.sent_at)  # noqa: E731
+    line: Callable[[], str] = lambda: (  # noqa: E731
         f"rides put {sent():,}/{count:,} · predictions {sum(tally.predictions.values()):,}"
         f" · dead letters {sum(tally.dead_letters.values()):,}"
     )

@@ -223,9 +223,10 @@ class ShardPoller:
         kwargs: dict[str, Any] = {"ShardIteratorType": position}
         if position == "AT_TIMESTAMP":
             kwargs["Timestamp"] = self.config.StartingPositionTimestamp
-        return self.kinesis.get_shard_iterator(StreamName=self.stream_name, ShardId=self.shard_id, **kwargs)[
-            "ShardIterator"
-        ]
+        iterator: str = self.kinesis.get_shard_iterator(
+            StreamName=self.stream_name, ShardId=self.shard_id, **kwargs
+        )["ShardIterator"]
+        return iterator
 
     def run(self) -> None:
         while not self.stop.is_set():
