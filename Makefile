@@ -46,9 +46,10 @@ integration: setup  ## the end-to-end test, Docker-less (integration-test/run.sh
 bench: setup  ## benchmarks against baselines (moto over HTTP): writes benchmarks/results/
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
-lint: setup  ## ruff check and format check
+lint: setup  ## ruff check and format check, mypy (strict: [tool.mypy] in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -18,9 +18,12 @@ Output, one row per input row, in input order:
   model_version         the model's registry version or run id
   no_prediction_reason  why predicted_duration is null (e.g. "trip_distance: missing"), else null
 
-Rows that cannot be predicted (a null or non-integer zone, a null, negative or non-finite
-distance) are kept with a reason, counted, and listed in the summary: never dropped silently.
-S3 is reached with pyarrow's own S3 client, pointed at boto3's standard endpoint variables.
+Rows that cannot be predicted (a null, non-integer or out-of-range zone, a null, negative,
+non-finite or too long distance: the bounds are the stream's, `MAX_ZONE_ID` and
+`MAX_TRIP_DISTANCE_MILES`) are kept with a reason, counted, and listed in the summary: never
+dropped silently.
+S3 is read with pyarrow's own S3 client, pointed at boto3's standard endpoint variables, and
+written by `batch_output`, so that the output appears only when the whole run succeeded.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -46,9 +50,10 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from batch_output import OutputError, replaced_on_success, s3_location
 from model_service import load_configured_model, predict_durations
 from stream.model_loading import LoadedModel, ModelLoadError
-from stream.ride_events import Ride, validation_problems
+from stream.ride_events import TLC_BOUNDS, Ride, RideBounds, ride_types, validation_problems
 from stream.settings import ConfigurationError, Settings
 
 FEATURE_COLUMNS = ("PULocationID", "DOLocationID", "trip_distance")
@@ -136,7 +141,7 @@ class ScoringSummary:
             else None
         )
 
-    def add_errors(self, predicted: np.ndarray, actual: np.ndarray) -> None:
+    def add_errors(self, predicted: npt.NDArray[np.float64], actual: npt.NDArray[np.float64]) -> None:
         """Running sums, not the rows: memory stays flat however many rows are compared."""
         known = ~np.isnan(predicted) & ~np.isnan(actual)
         error = predicted[known] - actual[known]
@@ -180,10 +185,39 @@ def filesystem_for(uri: str, env: Mapping[str, str] | None = None) -> tuple[pafs
         # (AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL) so moto or LocalStack work unchanged.
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
-        return pafs.S3FileSystem(endpoint_override=endpoint, region=region), uri.removeprefix("s3://")
-    if "://" in uri:
-        raise ScoringError(f"{uri}: only local paths and s3:// URIs are supported")
+        bucket, key = _s3_location(uri)
+        return pafs.S3FileSystem(endpoint_override=endpoint, region=region), f"{bucket}/{key}"
+    _refuse_other_schemes(uri)
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+
+
+def _s3_location(uri: str) -> tuple[str, str]:
+    try:
+        return s3_location(uri)
+    except ValueError as error:
+        raise ScoringError(str(error)) from None
+
+
+def _refuse_other_schemes(uri: str) -> None:
+    if "://" in uri and not uri.startswith("s3://"):
+        raise ScoringError(f"{uri}: only local paths and s3:// URIs are supported")
+
+
+def refuse_same_file(input_uri: str, output_uri: str) -> None:
+    """Writing the output over the input would destroy it: refuse any two names for one file
+    (`trips.parquet` and `./trips.parquet`, a symbolic or hard link) or one S3 object."""
+    input_s3, output_s3 = input_uri.startswith("s3://"), output_uri.startswith("s3://")
+    if input_s3 and output_s3:
+        same = _s3_location(input_uri) == _s3_location(output_uri)
+    elif input_s3 or output_s3 or "://" in input_uri or "://" in output_uri:
+        same = False
+    else:
+        source, target = (Path(uri).expanduser() for uri in (input_uri, output_uri))
+        same = source.resolve() == target.resolve() or (
+            source.exists() and target.exists() and source.samefile(target)
+        )
+    if same:
+        raise ScoringError(f"{output_uri}: is the input file ({input_uri}); give another output")
 
 
 def open_trips(uri: str) -> Trips:
@@ -205,7 +239,7 @@ def open_trips(uri: str) -> Trips:
     missing = [name for name in FEATURE_COLUMNS if name not in names]
     if pickup is None:
         missing.insert(0, " or ".join(PICKUP_COLUMNS))
-    if missing:
+    if missing or pickup is None:
         raise ScoringError(f"{uri}: missing columns {missing}: expected NYC TLC trip data (green or yellow)")
     dropoff = next((name for name in DROPOFF_COLUMNS if name in names), None)
     for column in filter(None, (pickup, dropoff)):
@@ -222,19 +256,25 @@ def _zone(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def validate_rows(batch: pa.RecordBatch) -> tuple[list[Ride], list[int], list[str | None]]:
-    """The valid rides, their positions in the batch, and a reason per row that is not one."""
+def validate_rows(
+    batch: pa.RecordBatch, ride_type: type[Ride] = Ride
+) -> tuple[list[Ride], list[int], list[str | None]]:
+    """The valid rides, their positions in the batch, and a reason per row that is not one
+    (`ride_type`: Ride, or `ride_types(bounds).ride` for other bounds)."""
     pickup_zones, dropoff_zones, distances = (batch.column(name).to_pylist() for name in FEATURE_COLUMNS)
     rides: list[Ride] = []
     positions: list[int] = []
     reasons: list[str | None] = [None] * batch.num_rows
     for row, values in enumerate(zip(pickup_zones, dropoff_zones, distances, strict=True)):
-        nulls = [name for name, value in zip(FEATURE_COLUMNS, values, strict=True) if value is None]
-        if nulls:
+        pickup_zone, dropoff_zone, distance = values
+        if pickup_zone is None or dropoff_zone is None or distance is None:
+            nulls = [name for name, value in zip(FEATURE_COLUMNS, values, strict=True) if value is None]
             reasons[row] = "; ".join(f"{name}: missing" for name in nulls)
             continue
         try:
-            ride = Ride(PULocationID=_zone(values[0]), DOLocationID=_zone(values[1]), trip_distance=values[2])
+            ride = ride_type(
+                PULocationID=_zone(pickup_zone), DOLocationID=_zone(dropoff_zone), trip_distance=distance
+            )
         except ValidationError as error:
             reasons[row] = "; ".join(f"{f}: {r}" for f, r in validation_problems(error, root="row"))
             continue
@@ -243,7 +283,7 @@ def validate_rows(batch: pa.RecordBatch) -> tuple[list[Ride], list[int], list[st
     return rides, positions, reasons
 
 
-def actual_minutes(batch: pa.RecordBatch, trips: Trips) -> pa.Array:
+def actual_minutes(batch: pa.RecordBatch, trips: Trips) -> pa.Array[Any]:
     """Drop-off minus pick-up in minutes (null where either is null, or without drop-off times)."""
     if trips.dropoff_column is None:
         return pa.nulls(batch.num_rows, pa.float64())
@@ -254,10 +294,16 @@ def actual_minutes(batch: pa.RecordBatch, trips: Trips) -> pa.Array:
 
 
 def score_chunk(
-    model: LoadedModel, trips: Trips, batch: pa.RecordBatch, first_ride_id: int, summary: ScoringSummary
+    model: LoadedModel,
+    trips: Trips,
+    batch: pa.RecordBatch,
+    first_ride_id: int,
+    summary: ScoringSummary,
+    *,
+    ride_type: type[Ride] = Ride,
 ) -> pa.Table:
     """One chunk: validate, ONE model call for its valid rides, the output rows."""
-    rides, positions, reasons = validate_rows(batch)
+    rides, positions, reasons = validate_rows(batch, ride_type)
     predicted = np.full(batch.num_rows, np.nan)
     if rides:
         predicted[positions] = predict_durations(model, rides)
@@ -290,15 +336,21 @@ def score(
     trips: Trips,
     output_uri: str,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    on_chunk: Callable[[int], None] | None = None,
+    on_chunk: Callable[[int], object] | None = None,
+    *,
+    bounds: RideBounds = TLC_BOUNDS,
 ) -> ScoringSummary:
-    """Score every row of `trips` into `output_uri`; `on_chunk(rows)` after each chunk is written."""
+    """Score every row of `trips` into `output_uri`; `on_chunk(rows)` after each chunk is written.
+
+    The output appears (or replaces an older one) only once every row is written."""
+    refuse_same_file(trips.uri, output_uri)
+    ride_type = ride_types(bounds).ride
     summary = ScoringSummary(trips.uri, output_uri, model.info.version)
     started = time.perf_counter()
     with _parquet_writer(output_uri, trips.output_schema) as writer:
         for batch in trips.chunks(chunk_rows):
             # summary.rows counts the rows before this chunk: the first ride id in it.
-            writer.write_table(score_chunk(model, trips, batch, summary.rows, summary))
+            writer.write_table(score_chunk(model, trips, batch, summary.rows, summary, ride_type=ride_type))
             if on_chunk:
                 on_chunk(batch.num_rows)
     summary.seconds = time.perf_counter() - started
@@ -307,24 +359,20 @@ def score(
 
 @contextmanager
 def _parquet_writer(uri: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A writer whose output is removed if scoring fails half-way: no half-written results."""
-    filesystem, path = filesystem_for(uri)
+    """A writer whose output appears only if scoring succeeds (batch_output): a run that fails
+    half-way leaves no half-written results, and an older output as it was."""
+    if uri.startswith("s3://"):
+        _s3_location(uri)
+    _refuse_other_schemes(uri)
     try:
-        if isinstance(filesystem, pafs.LocalFileSystem):
-            filesystem.create_dir(str(Path(path).parent), recursive=True)
-        sink = filesystem.open_output_stream(path)
-    except OSError as error:
+        with replaced_on_success(uri) as sink:
+            writer = pq.ParquetWriter(sink, schema)
+            try:
+                yield writer
+            finally:
+                writer.close()
+    except OutputError as error:  # no such bucket or directory, access denied...
         raise ScoringError(f"{uri}: cannot write: {error}") from None
-    writer = pq.ParquetWriter(sink, schema)
-    try:
-        yield writer
-    except BaseException:
-        writer.close()
-        sink.close()
-        filesystem.delete_file(path)
-        raise
-    writer.close()
-    sink.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,17 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.chunk_rows < 1:
         parser.error("--chunk-rows must be at least 1")
-    if args.input == args.output:
-        parser.error("input and output are the same file")
     env = {**os.environ, **({"MODEL_URI": args.model_uri} if args.model_uri else {})}
     try:
+        refuse_same_file(args.input, args.output)  # before the model loads: fail fast
         trips = open_trips(args.input)
-        model = load_configured_model(Settings.from_env(env))
+        settings = Settings.from_env(env)
+        model = load_configured_model(settings)
         with (
             trips.file,
             tqdm(total=trips.rows, unit="rows", unit_scale=True, disable=args.no_progress) as bar,
         ):
-            summary = score(model, trips, args.output, args.chunk_rows, on_chunk=bar.update)
+            summary = score(
+                model, trips, args.output, args.chunk_rows, on_chunk=bar.update, bounds=settings.ride_bounds
+            )
     except (ScoringError, ConfigurationError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from botocore.config import Config
 from stream.kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
 from stream.model_loading import LoadedModel, load_model
 from stream.ride_events import (
+    MAX_LOGGED_DEAD_LETTER_DATA_CHARS,
     DeadLetter,
     KinesisRecord,
     PoisonRecordError,
@@ -29,6 +30,7 @@ from stream.ride_events import (
     Ride,
     RideEvent,
     decode_ride_event,
+    ride_types,
 )
 from stream.settings import Settings
 
@@ -129,14 +131,17 @@ class KinesisDeadLetters:
 
 
 class LoggedDeadLetters:
-    """Without a dead-letter stream, each letter is logged at ERROR with its raw data."""
+    """Without a dead-letter stream, each letter is logged at ERROR with its data, cut to stay
+    within one CloudWatch Logs event (MAX_LOGGED_DEAD_LETTER_DATA_CHARS)."""
 
     def __init__(self, log: Log) -> None:
         self.log = log
 
     def put(self, letters: Sequence[DeadLetter]) -> list[FailedWrite]:
         for letter in letters:
-            self.log.error("dead letter", extra={"dead_letter": letter.to_dict()})
+            self.log.error(
+                "dead letter", extra={"dead_letter": letter.to_dict(MAX_LOGGED_DEAD_LETTER_DATA_CHARS)}
+            )
         return []
 
 
@@ -149,11 +154,13 @@ class ModelService:
         predictions: KinesisStreamWriter,
         dead_letters: DeadLetterSink,
         log: Log,
+        ride_event_type: type[RideEvent] = RideEvent,
     ) -> None:
         self.model = model
         self.predictions = predictions
         self.dead_letters = dead_letters
         self.log = log
+        self.ride_event_type = ride_event_type  # ride_types(settings.ride_bounds).event: the bounds
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         """The Lambda handler's work: process, log, answer (or raise for a whole-batch retry)."""
@@ -185,16 +192,15 @@ class ModelService:
             },
         )
 
-    @staticmethod
     def decode(
-        records: Sequence[KinesisRecord],
+        self, records: Sequence[KinesisRecord]
     ) -> tuple[list[tuple[KinesisRecord, RideEvent]], list[DeadLetter]]:
         """base64 -> UTF-8 -> JSON -> validated RideEvent, or a dead letter naming the failure."""
         rides: list[tuple[KinesisRecord, RideEvent]] = []
         poison: list[DeadLetter] = []
         for record in records:
             try:
-                rides.append((record, decode_ride_event(record)))
+                rides.append((record, decode_ride_event(record, self.ride_event_type)))
             except PoisonRecordError as error:
                 poison.append(DeadLetter(record, str(error)))
         return rides, poison
@@ -328,4 +334,4 @@ def build_service(settings: Settings, log: Log) -> ModelService:
     )
     if model.version_mismatch:
         log.warning("model and runtime differ: retrain or pin", extra={"problem": model.version_mismatch})
-    return ModelService(model, predictions, dead_letters, log)
+    return ModelService(model, predictions, dead_letters, log, ride_types(settings.ride_bounds).event)

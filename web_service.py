@@ -14,6 +14,7 @@ Not part of the Lambda image: Flask and gunicorn are in the `web` dependency gro
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -23,11 +24,18 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from pydantic import TypeAdapter, ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from model_service import load_configured_model, predict_durations
 from stream.model_loading import LoadedModel, ModelLoadError
-from stream.ride_events import Ride, invalid_json_reason, validation_problems
+from stream.ride_events import (
+    TLC_BOUNDS,
+    Ride,
+    RideBounds,
+    invalid_json_reason,
+    ride_types,
+    validation_problems,
+)
 from stream.settings import ConfigurationError, Settings
 
 # About 16,000 rides in one list: well past any interactive use, small enough that one
@@ -37,7 +45,6 @@ MAX_BODY_BYTES = 1024 * 1024
 # bad rides should not come back as a 1 MiB error.
 MAX_PROBLEMS_LISTED = 20
 
-RIDES = TypeAdapter(list[Ride])
 log = logging.getLogger("web_service")
 
 
@@ -57,15 +64,26 @@ class RequestError(Exception):
         return jsonify(body), self.status
 
 
-def parse_rides(body: bytes) -> tuple[list[Ride], bool]:
+@functools.cache
+def list_of(ride: type[Ride]) -> TypeAdapter[list[Ride]]:
+    """Validates a JSON list of rides in one pass; built once per ride model."""
+    return TypeAdapter(list[ride])  # type: ignore[valid-type]  # a model chosen at run time (its bounds)
+
+
+def parse_rides(body: bytes, ride: type[Ride] = Ride) -> tuple[list[Ride], bool]:
     """The rides in a request body, and whether it was a list (the answer mirrors the shape).
 
     Parsed and validated from JSON by pydantic, as the stream decodes its records, so the
     same ride is accepted, or refused with the same reason, whichever way it arrives.
+    `ride`: Ride, or `ride_types(bounds).ride` for other bounds.
     """
+    if len(body) > MAX_BODY_BYTES:
+        # A chunked body has no Content-Length for Werkzeug to refuse: it reads one byte past
+        # the limit (create_app), and a body that long is refused here.
+        raise RequestEntityTooLarge()
     many = body.lstrip()[:1] == b"["
     try:
-        rides = RIDES.validate_json(body) if many else [Ride.model_validate_json(body)]
+        rides = list_of(ride).validate_json(body) if many else [ride.model_validate_json(body)]
     except ValidationError as error:
         if (reason := invalid_json_reason(error)) is not None:
             raise RequestError(400, f"body is not JSON: {reason}") from None
@@ -75,10 +93,12 @@ def parse_rides(body: bytes) -> tuple[list[Ride], bool]:
     return rides, many
 
 
-def create_app(model: LoadedModel) -> Flask:
+def create_app(model: LoadedModel, bounds: RideBounds = TLC_BOUNDS) -> Flask:
     """The Flask app around one loaded model (tests hand in theirs; gunicorn uses app_from_env)."""
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # One byte more than allowed: a longer body, chunked or not, is then told from one at the limit.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
+    ride = ride_types(bounds).ride
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     @app.get("/health")
@@ -91,7 +111,7 @@ def create_app(model: LoadedModel) -> Flask:
 
     @app.post("/predict")
     def predict() -> Response:
-        rides, many = parse_rides(request.get_data(cache=False))
+        rides, many = parse_rides(request.get_data(cache=False), ride)
         durations = predict_durations(model, rides) if rides else []
         for position, duration in enumerate(durations):
             if not math.isfinite(duration):
@@ -132,4 +152,4 @@ def app_from_env(env: Mapping[str, str] | None = None) -> Flask:
         print(f"web_service: {type(error).__name__}: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     log.info("model loaded: %s (version %s, %s)", model.info.uri, model.info.version, model.flavor)
-    return create_app(model)
+    return create_app(model, settings.ride_bounds)

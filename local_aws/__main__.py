@@ -113,14 +113,16 @@ def tail_client(endpoint_url: str | None) -> Any:
         or os.environ.get("AWS_ENDPOINT_URL")
         or f"http://127.0.0.1:{DEFAULT_PORT}"
     )
-    credentials = {} if session.get_credentials() else {k.lower(): v for k, v in LOCAL_CREDENTIALS.items()}
+    local = session.get_credentials() is None
     return session.client(
         "kinesis",
         endpoint_url=endpoint,
         region_name=session.region_name or REGION,
         # An endpoint that does not answer is reported at once, not after botocore's retries.
         config=Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=2, read_timeout=10),
-        **credentials,
+        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"] if local else None,
+        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] if local else None,
+        aws_session_token=LOCAL_CREDENTIALS["AWS_SESSION_TOKEN"] if local else None,
     )
 
 

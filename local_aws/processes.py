@@ -40,7 +40,7 @@ class Spawner:
                 reply.put(error)
 
     def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        reply: queue.Queue[Any] = queue.Queue(maxsize=1)
+        reply: queue.Queue[subprocess.Popen[bytes] | BaseException] = queue.Queue(maxsize=1)
         self._requests.put(
             (lambda: subprocess.Popen(args, preexec_fn=kill_with_parent, **kwargs), reply)  # noqa: S603, PLW1509
         )

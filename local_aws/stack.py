@@ -103,7 +103,7 @@ class LocalStack:
 
     def client(self, service: str) -> Any:
         endpoint = self.lambda_endpoint if service == "lambda" else self.aws_endpoint
-        return boto3.client(
+        return boto3.client(  # type: ignore[call-overload]  # the stubs type only literal service names
             service,
             endpoint_url=endpoint,
             region_name=REGION,

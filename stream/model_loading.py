@@ -105,7 +105,7 @@ def download_s3_model(client: Any, uri: str, cache_dir: Path) -> Path:
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/").rstrip("/") + "/"
     objects = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        objects.extend(page.get("Contents", []))
+        objects.extend(model_files(uri, prefix, page.get("Contents", [])))
     if not objects:
         raise ModelLoadError(uri, f"no objects under s3://{bucket}/{prefix}")
     manifest = "\n".join(f"{o['Key']} {o.get('ETag', '')} {o['Size']}" for o in objects)
@@ -124,6 +124,28 @@ def download_s3_model(client: Any, uri: str, cache_dir: Path) -> Path:
                 shutil.copyfileobj(body, handle, 1024 * 1024)
 
     return _populate(target, download)
+
+
+def model_files(uri: str, prefix: str, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The objects that are files of the model. Folder markers (empty `prefix/`, `prefix/sub/`
+    objects, as the S3 console makes) are skipped. A key with a `..`, `.` or empty segment is
+    refused: `..` and a leading `/` would write outside the model's directory. The bucket is
+    trusted to hold a model, not to choose where this process writes (skops models exist so
+    that even its content cannot run code)."""
+    files = []
+    for obj in objects:
+        key: str = obj["Key"]
+        if key.endswith("/") and obj.get("Size", 0) == 0:
+            continue
+        parts = key[len(prefix) :].split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise ModelLoadError(
+                uri,
+                f"object key {key!r} has an empty, '.' or '..' segment: it could be written "
+                "outside the model directory, so the model is refused",
+            )
+        files.append(obj)
+    return files
 
 
 def download_with_mlflow(uri: str, cache_dir: Path) -> tuple[Path, str | None]:
@@ -238,7 +260,8 @@ def load_skops(model_file: Path, trusted: list[str]) -> Predictor:
     untrusted = [t for t in skops.io.get_untrusted_types(file=model_file) if t not in trusted]
     if untrusted:
         raise ModelLoadError(str(model_file), f"skops file holds untrusted types {untrusted}")
-    return skops.io.load(model_file, trusted=trusted)
+    model: Predictor = skops.io.load(model_file, trusted=trusted)
+    return model
 
 
 def load_pyfunc(local_dir: Path) -> Predictor:
@@ -252,4 +275,5 @@ def load_pyfunc(local_dir: Path) -> Predictor:
             "add mlflow's pyfunc dependencies (pandas) to the runtime set",
         ) from error
     # Given the same list of feature dicts as the sklearn path, as the course's pyfunc call was.
-    return mlflow.pyfunc.load_model(str(local_dir))
+    model: Predictor = mlflow.pyfunc.load_model(str(local_dir))
+    return model

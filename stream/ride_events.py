@@ -15,11 +15,12 @@ Output (course format plus tracing fields)::
 from __future__ import annotations
 
 import binascii
+import functools
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, create_model
 
 MODEL_NAME = "ride_duration_prediction_model"
 
@@ -42,14 +43,38 @@ def _ride_id(value: object) -> int | str:
 RideId = Annotated[int | str, PlainValidator(_ride_id)]
 
 
+# The TLC's taxi zones are numbered 1-265 (264 and 265 are "Unknown" and "Outside of NYC").
+MAX_ZONE_ID = 265
+# Miles: far above any taxi trip (New York to Chicago is about 790), far below the meter
+# errors of TLC files (tens of thousands of miles) that the model would extrapolate from.
+MAX_TRIP_DISTANCE_MILES = 1000
+
+
+@dataclass(frozen=True)
+class RideBounds:
+    """Upper bounds of a ride's features (MAX_ZONE_ID, MAX_TRIP_DISTANCE_MILES: another zone
+    map may number its zones higher); the lower bounds (zone > 0, distance >= 0) are fixed."""
+
+    max_zone_id: int = MAX_ZONE_ID
+    max_trip_distance: float = MAX_TRIP_DISTANCE_MILES
+
+
+TLC_BOUNDS = RideBounds()
+
+
+# Every bound is a constraint that pydantic-core checks in Rust (gt, le, allow_inf_nan), never
+# a Python validator: validation runs per record on the stream's hot path.
 class Ride(BaseModel):
-    """The ride's features, as producers send them (TLC column names)."""
+    """The ride's features, as producers send them (TLC column names), within the default
+    RideBounds; `ride_types(bounds)` makes the same model for other bounds."""
 
     model_config = ConfigDict(strict=True, frozen=True)
 
-    PULocationID: Annotated[int, Field(gt=0, description="TLC pick-up zone id")]
-    DOLocationID: Annotated[int, Field(gt=0, description="TLC drop-off zone id")]
-    trip_distance: Annotated[float, Field(ge=0, allow_inf_nan=False, description="miles")]
+    PULocationID: Annotated[int, Field(gt=0, le=MAX_ZONE_ID, description="TLC pick-up zone id")]
+    DOLocationID: Annotated[int, Field(gt=0, le=MAX_ZONE_ID, description="TLC drop-off zone id")]
+    trip_distance: Annotated[
+        float, Field(ge=0, le=MAX_TRIP_DISTANCE_MILES, allow_inf_nan=False, description="miles")
+    ]
 
 
 class RideEvent(BaseModel):
@@ -59,6 +84,35 @@ class RideEvent(BaseModel):
 
     ride: Ride
     ride_id: RideId
+
+
+@dataclass(frozen=True)
+class RideTypes:
+    """The ride and ride-event models for one RideBounds (subclasses of Ride and RideEvent)."""
+
+    ride: type[Ride]
+    event: type[RideEvent]
+
+
+@functools.cache
+def ride_types(bounds: RideBounds) -> RideTypes:
+    """Ride and RideEvent checking these bounds: built once per bounds, the defaults' are
+    Ride and RideEvent themselves."""
+    if bounds == TLC_BOUNDS:
+        return RideTypes(Ride, RideEvent)
+
+    def zone(what: str) -> Any:
+        return (Annotated[int, Field(gt=0, le=bounds.max_zone_id, description=f"TLC {what} zone id")], ...)
+
+    distance = Field(ge=0, le=bounds.max_trip_distance, allow_inf_nan=False, description="miles")
+    ride = create_model(
+        "Ride",
+        __base__=Ride,
+        PULocationID=zone("pick-up"),
+        DOLocationID=zone("drop-off"),
+        trip_distance=(Annotated[float, distance], ...),
+    )
+    return RideTypes(ride, create_model("RideEvent", __base__=RideEvent, ride=(ride, ...)))
 
 
 # Not frozen: built several times per record, and a frozen dataclass's __init__ costs 1.7 us
@@ -111,8 +165,9 @@ class KinesisRecord:
         }
 
 
-def decode_ride_event(record: KinesisRecord) -> RideEvent:
-    """base64 -> UTF-8 -> JSON -> validated ride; a PoisonRecordError names what failed."""
+def decode_ride_event(record: KinesisRecord, event_type: type[RideEvent] = RideEvent) -> RideEvent:
+    """base64 -> UTF-8 -> JSON -> validated ride (`event_type`: RideEvent, or ride_types(bounds)'s);
+    a PoisonRecordError names what failed."""
     try:
         # binascii directly: base64.b64decode(validate=True) adds a regex pass (364 vs 543 ns)
         payload = binascii.a2b_base64(record.data, strict_mode=True)
@@ -125,7 +180,7 @@ def decode_ride_event(record: KinesisRecord) -> RideEvent:
             f"data is not UTF-8: byte 0x{payload[error.start]:02x} at offset {error.start}"
         ) from None
     try:
-        return RideEvent.model_validate_json(text)
+        return event_type.model_validate_json(text)
     except ValidationError as error:
         raise PoisonRecordError(describe_validation_error(error)) from None
 
@@ -194,9 +249,15 @@ class PredictionEvent:
 
 
 # A dead letter must fit in one Kinesis record (1 MiB with its key); the input record may
-# already be 1 MiB, so past this size the raw data is cut and marked as truncated. The full
-# record stays readable on the input stream by shard and sequence number until it expires.
+# already be 1 MiB, so past this size the data is cut and marked as truncated. The limit counts
+# characters of the base64 text as Lambda hands it over (700 KiB of it is 525 KiB of the
+# producer's bytes). The full record stays readable on the input stream by shard and sequence
+# number until it expires.
 MAX_DEAD_LETTER_DATA_CHARS = 700 * 1024
+# Without a dead-letter stream a letter is one log line, and CloudWatch Logs cuts an event at
+# 256 KB (262,144 bytes): 192 KiB of base64 (144 KiB of the producer's bytes) leaves 64 KiB for
+# the reason, the source and the logger's own fields.
+MAX_LOGGED_DEAD_LETTER_DATA_CHARS = 192 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +267,13 @@ class DeadLetter:
     record: KinesisRecord
     reason: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, max_data_chars: int = MAX_DEAD_LETTER_DATA_CHARS) -> dict[str, Any]:
+        """The letter, its base64 data cut to `max_data_chars` characters (`data_truncated`)."""
         data = self.record.data
-        truncated = len(data) > MAX_DEAD_LETTER_DATA_CHARS
+        truncated = len(data) > max_data_chars
         return {
             "reason": self.reason,
-            "data": data[:MAX_DEAD_LETTER_DATA_CHARS],
+            "data": data[:max_data_chars],
             "data_truncated": truncated,
             "partition_key": self.record.partition_key,
             "approximate_arrival_timestamp": self.record.approximate_arrival_timestamp,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from stream.kinesis_output import RetryPolicy
+from stream.ride_events import MAX_TRIP_DISTANCE_MILES, MAX_ZONE_ID, TLC_BOUNDS, RideBounds
 
 
 class ConfigurationError(ValueError):
@@ -23,6 +25,7 @@ class Settings:
     put_records_retry: RetryPolicy
     log_level: str
     kinesis_endpoint_url: str | None
+    ride_bounds: RideBounds = TLC_BOUNDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -39,6 +42,10 @@ class Settings:
             ),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             kinesis_endpoint_url=kinesis_endpoint_url(env),
+            ride_bounds=RideBounds(
+                max_zone_id=_int(env, "MAX_ZONE_ID", MAX_ZONE_ID, minimum=1),
+                max_trip_distance=_positive_float(env, "MAX_TRIP_DISTANCE_MILES", MAX_TRIP_DISTANCE_MILES),
+            ),
         )
 
 
@@ -79,4 +86,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(f"{name} must be a finite number above 0, got {raw!r}")
     return value

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import batch_scoring
+from batch_output import MIN_PART_BYTES, S3Upload
 from batch_scoring import main, open_trips, score
 from model_service import predict_durations
 from scripts.train import synthetic_trips
@@ -85,6 +86,13 @@ def test_rows_that_cannot_be_predicted_are_kept_with_a_reason_and_counted(
         (130.0, 205.0, math.inf, "trip_distance: Input should be a finite number"),
         (130.0, 205.0, math.nan, "trip_distance: Input should be a finite number"),
         (130.0, 205.0, 0.0, None),
+        (
+            266.0,
+            1e30,
+            3.66,
+            "PULocationID: Input should be less than or equal to 265; DOLocationID: Input should be less than or equal to 265",
+        ),
+        (265.0, 205.0, 1e308, "trip_distance: Input should be less than or equal to 1000"),
     ]
     pickup = pd.Timestamp("2021-01-01 10:00")
     columns = {
@@ -111,9 +119,9 @@ def test_rows_that_cannot_be_predicted_are_kept_with_a_reason_and_counted(
         == predict_durations(model, [Ride(PULocationID=130, DOLocationID=205, trip_distance=3.66)])[0]
     )
     assert [p is None for p in predicted] == [r[3] is not None for r in rows]
-    assert (summary.rows, summary.predicted) == (9, 2)
+    assert (summary.rows, summary.predicted) == (11, 2)
     assert summary.not_predicted["trip_distance: Input should be a finite number"] == 2
-    assert sum(summary.not_predicted.values()) == 7
+    assert sum(summary.not_predicted.values()) == 9
     assert all(row["actual_duration"] == 20.0 for row in out)
 
 
@@ -136,6 +144,30 @@ def test_a_non_finite_prediction_is_stored_as_null_with_the_reason(
     assert out["predicted_duration"].to_pylist() == [None, 12.5, 12.5]
     assert out["no_prediction_reason"].to_pylist() == ["model returned a non-finite prediction", None, None]
     assert (summary.predicted, summary.compared) == (2, 2)
+
+
+def test_other_zone_maps_set_their_bounds_through_the_environment(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trips = synthetic_trips(4, month=3, seed=1)
+    trips["PULocationID"] = [300, 301, 300, 300]
+    trips["trip_distance"] = [1.0, 1.0, 50.0, 50.5]
+    trips.to_parquet(tmp_path / "trips.parquet")
+    monkeypatch.setenv("MAX_ZONE_ID", "300")
+    monkeypatch.setenv("MAX_TRIP_DISTANCE_MILES", "50")
+
+    code = main(
+        [str(tmp_path / "trips.parquet"), str(tmp_path / "out.parquet"), "--model-uri", str(model_dir)]
+    )
+
+    assert code == 0
+    assert pq.read_table(tmp_path / "out.parquet")["no_prediction_reason"].to_pylist() == [
+        None,
+        "PULocationID: Input should be less than or equal to 300",
+        None,
+        "trip_distance: Input should be less than or equal to 50",
+    ]
+    assert "predicted 2; not predicted 2" in capsys.readouterr().out
 
 
 def rmse_line(output: str) -> str:
@@ -268,6 +300,91 @@ def test_a_failure_half_way_leaves_no_partial_output(model: LoadedModel, tmp_pat
     assert not (tmp_path / "out.parquet").exists()
 
 
+def test_a_failed_run_leaves_an_older_output_as_it_was(model: LoadedModel, tmp_path: Path) -> None:
+    write_trips(tmp_path / "trips.parquet", 300)
+    output = tmp_path / "out.parquet"
+    output.write_bytes(b"yesterday's predictions")
+    seen_during_the_run: list[bytes] = []
+
+    class FailsOnThirdChunk(CountingPredictor):
+        def predict(self, features: list[dict[str, Any]]) -> Any:
+            if len(self.calls) == 2:
+                raise RuntimeError("model server went away")
+            return super().predict(features)
+
+    with pytest.raises(RuntimeError, match="model server went away"):
+        score(
+            replace(model, predictor=FailsOnThirdChunk(model.predictor)),
+            open_trips(str(tmp_path / "trips.parquet")),
+            str(output),
+            chunk_rows=100,
+            on_chunk=lambda _rows: seen_during_the_run.append(output.read_bytes()),
+        )
+
+    assert output.read_bytes() == b"yesterday's predictions"
+    assert seen_during_the_run == [b"yesterday's predictions"] * 2  # never a partial file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet", "trips.parquet"]
+
+
+def test_a_successful_run_replaces_the_output_only_at_the_end(model: LoadedModel, tmp_path: Path) -> None:
+    write_trips(tmp_path / "trips.parquet", 300)
+    output = tmp_path / "out.parquet"
+    output.write_bytes(b"yesterday's predictions")
+    seen_during_the_run: list[bytes] = []
+
+    score(
+        model,
+        open_trips(str(tmp_path / "trips.parquet")),
+        str(output),
+        chunk_rows=100,
+        on_chunk=lambda _rows: seen_during_the_run.append(output.read_bytes()),
+    )
+
+    assert seen_during_the_run == [b"yesterday's predictions"] * 3
+    assert pq.read_table(output).num_rows == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet", "trips.parquet"]
+
+
+SAME_FILE = {
+    "./ prefix": lambda d: "./trips.parquet",
+    "absolute path": lambda d: str(d / "trips.parquet"),
+    "through ..": lambda d: "sub/../trips.parquet",
+    "symbolic link": lambda d: _link(d / "link.parquet", d / "trips.parquet", symbolic=True),
+    "hard link": lambda d: _link(d / "link.parquet", d / "trips.parquet", symbolic=False),
+}
+
+
+def _link(link: Path, target: Path, symbolic: bool) -> str:
+    if symbolic:
+        link.symlink_to(target)
+    else:
+        link.hardlink_to(target)
+    return link.name
+
+
+@pytest.mark.parametrize("other_name", SAME_FILE.values(), ids=SAME_FILE.keys())
+def test_the_input_is_never_the_output_under_another_name(
+    other_name: Any,
+    tmp_path: Path,
+    model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    write_trips(tmp_path / "trips.parquet", 200)
+    before = (tmp_path / "trips.parquet").read_bytes()
+    output = other_name(tmp_path)
+
+    code = main(["trips.parquet", output, "--model-uri", str(model_dir)])
+
+    assert code == 2
+    assert (
+        f"error: {output}: is the input file (trips.parquet); give another output" in capsys.readouterr().err
+    )
+    assert (tmp_path / "trips.parquet").read_bytes() == before
+
+
 def peak_memory(model: LoadedModel, source: Path, output: Path) -> int:
     """Peak Python heap (tracemalloc, numpy included) plus the most Arrow held at a chunk's end."""
     arrow_peak = 0
@@ -343,3 +460,94 @@ def test_a_missing_s3_object_exits_2_naming_it(
 
     assert code == 2
     assert re.search(rf"s3://{bucket}/nothing.parquet: no such file", capsys.readouterr().err)
+
+
+def test_an_s3_output_naming_the_input_object_another_way_is_refused(
+    s3: Any, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client, bucket = s3
+    write_trips(tmp_path / "trips.parquet", 200)
+    client.upload_file(str(tmp_path / "trips.parquet"), bucket, "in/trips.parquet")
+    before = client.get_object(Bucket=bucket, Key="in/trips.parquet")["Body"].read()
+    model_args = ["--model-uri", str(model_dir)]
+
+    # pyarrow reads "in/./trips.parquet" as "in/trips.parquet": the same object, another name.
+    for output in (f"s3://{bucket}/in/./trips.parquet", f"s3://{bucket}/in/trips.parquet"):
+        assert main([f"s3://{bucket}/in/trips.parquet", output, *model_args]) == 2
+
+    errors = capsys.readouterr().err
+    assert "in/./trips.parquet: expected s3://bucket/key, without empty, '.' or '..' path segments" in errors
+    assert f"s3://{bucket}/in/trips.parquet: is the input file" in errors
+    assert client.get_object(Bucket=bucket, Key="in/trips.parquet")["Body"].read() == before
+
+
+def test_a_failed_run_to_s3_leaves_the_older_object_and_no_upload_behind(
+    s3: Any, model: LoadedModel, tmp_path: Path
+) -> None:
+    client, bucket = s3
+    write_trips(tmp_path / "trips.parquet", 300)
+    client.put_object(Bucket=bucket, Key="out/predictions.parquet", Body=b"yesterday's predictions")
+
+    def current() -> bytes:
+        return bytes(client.get_object(Bucket=bucket, Key="out/predictions.parquet")["Body"].read())
+
+    seen_during_the_run: list[bytes] = []
+
+    class FailsOnThirdChunk(CountingPredictor):
+        def predict(self, features: list[dict[str, Any]]) -> Any:
+            if len(self.calls) == 2:
+                raise RuntimeError("model server went away")
+            return super().predict(features)
+
+    with pytest.raises(RuntimeError, match="model server went away"):
+        score(
+            replace(model, predictor=FailsOnThirdChunk(model.predictor)),
+            open_trips(str(tmp_path / "trips.parquet")),
+            f"s3://{bucket}/out/predictions.parquet",
+            chunk_rows=100,
+            on_chunk=lambda _rows: seen_during_the_run.append(current()),
+        )
+
+    assert current() == b"yesterday's predictions"
+    assert seen_during_the_run == [b"yesterday's predictions"] * 2
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]] == [
+        "out/predictions.parquet"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("s3://no-such-bucket-here/out.parquet", "s3://no-such-bucket-here/out.parquet: cannot write: "),
+        ("{tmp}/trips.parquet/out.parquet", "/trips.parquet/out.parquet: cannot write: "),
+    ],
+)
+@pytest.mark.usefixtures("s3")  # the S3 endpoint variable: no AWS account is reached
+def test_an_output_that_cannot_be_written_exits_2_naming_it(
+    output: str, message: str, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_trips(tmp_path / "trips.parquet", 20)
+
+    code = main([str(tmp_path / "trips.parquet"), output.format(tmp=tmp_path), "--model-uri", str(model_dir)])
+
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_s3_upload_sends_parts_and_the_object_appears_only_when_completed(s3: Any) -> None:
+    client, bucket = s3
+    data = np.random.default_rng(1).bytes(12 * 1024 * 1024 + 123)
+    upload = S3Upload(client, bucket, "big.bin", part_bytes=MIN_PART_BYTES)
+    for start in range(0, len(data), 1_000_003):  # writes of any size, as pyarrow makes them
+        upload.write(data[start : start + 1_000_003])
+
+    assert upload.tell() == len(data)
+    assert len(upload.parts) == 2  # two full 5 MiB parts sent; the rest waits for complete()
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket)
+    upload.complete()
+    assert client.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == data
+
+    empty = S3Upload(client, bucket, "empty.bin")
+    empty.complete()
+    assert client.get_object(Bucket=bucket, Key="empty.bin")["Body"].read() == b""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,50 @@ def test_s3_cache_is_refreshed_when_the_objects_change(s3: Any, model_dir: Path,
     second = load_model("s3://models/m", tmp_path, lambda: s3)
     assert second.local_dir != first.local_dir
     assert (second.local_dir / "README.txt").read_bytes() == b"changed"
+
+
+@pytest.fixture
+def s3_over_http(moto_server: str) -> Any:
+    """A bucket on a real moto server: keys travel over HTTP as S3 would send them."""
+    client = boto3.client("s3", endpoint_url=moto_server)
+    bucket = f"models-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
+@pytest.mark.parametrize(
+    "key_below_prefix", ["../../escaped.txt", "sub/../../../escaped.txt", "/{tmp}/escaped.txt"]
+)
+def test_a_key_that_would_leave_the_model_directory_is_refused(
+    s3_over_http: Any, key_below_prefix: str, model_dir: Path, tmp_path: Path
+) -> None:
+    client, bucket = s3_over_http
+    upload_dir(client, model_dir, bucket, "models/m")
+    # A leading "/" below the prefix would make the rest an absolute path: point it into tmp_path.
+    key = "models/m/" + key_below_prefix.format(tmp=str(tmp_path).strip("/"))
+    client.put_object(Bucket=bucket, Key=key, Body=b"written by whoever can write the bucket")
+    cache = tmp_path / "a" / "b" / "cache"
+
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(f"s3://{bucket}/models/m", cache, lambda: client)
+
+    assert repr(key) in str(raised.value)
+    assert "outside the model directory" in str(raised.value)
+    assert sorted(p.name for p in tmp_path.rglob("escaped.txt")) == []
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_folder_markers_are_skipped(s3_over_http: Any, model_dir: Path, tmp_path: Path) -> None:
+    client, bucket = s3_over_http
+    # What the S3 console's "Create folder" leaves: empty objects named like folders.
+    for marker in ("models/", "models/m/", "models/m/extra/"):
+        client.put_object(Bucket=bucket, Key=marker, Body=b"")
+    upload_dir(client, model_dir, bucket, "models/m")
+
+    loaded = load_model(f"s3://{bucket}/models/m", tmp_path / "cache", lambda: client)
+
+    assert list(loaded.predict(FEATURES)) == expected_predictions(model_dir, tmp_path)
+    assert sorted(p.name for p in loaded.local_dir.iterdir()) == sorted(p.name for p in model_dir.iterdir())
 
 
 def test_runs_uri_through_the_tracking_server(

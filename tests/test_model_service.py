@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aws_lambda_powertools import Logger
 
 from local_aws.kinesis_events import event_from_payloads
 from model_service import (
@@ -22,11 +25,13 @@ from model_service import (
     ModelService,
     NotAKinesisEventError,
     Outcome,
+    build_service,
     ride_features,
 )
 from stream.kinesis_output import KinesisStreamWriter, RetryPolicy
 from stream.model_loading import LoadedModel, load_model
-from stream.ride_events import KinesisRecord
+from stream.ride_events import MAX_LOGGED_DEAD_LETTER_DATA_CHARS, DeadLetter, KinesisRecord
+from stream.settings import Settings
 from tests.conftest import RecordingLog, create_stream, read_stream
 
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
@@ -412,3 +417,57 @@ def test_an_event_that_is_not_from_kinesis_is_named(event: Any, streams: Any, mo
 
 def test_an_empty_batch_is_a_success(streams: Any, model: LoadedModel) -> None:
     assert make_service(streams, model, RecordingLog()).handle({"Records": []}) == {"batchItemFailures": []}
+
+
+# CloudWatch Logs' largest event: 256 KB, counting 26 bytes of overhead per event.
+CLOUDWATCH_MAX_EVENT_BYTES = 256 * 1024 - 26
+
+
+def test_a_logged_dead_letter_fits_in_one_cloudwatch_logs_event() -> None:
+    output = io.StringIO()
+    # Powertools keeps one logger per service name: a name of its own, so its handler is this one.
+    logger = Logger(service="dead-letter-size-test", logger_handler=logging.StreamHandler(output))
+    raw = event_from_payloads([b"x" * (1024 * 1024 - 256)])["Records"][0]  # the largest record
+    raw["kinesis"]["partitionKey"] = "k" * 256
+    record = KinesisRecord.from_raw(raw)
+
+    assert LoggedDeadLetters(logger).put([DeadLetter(record, "data is not JSON: expected value")]) == []
+
+    [line] = output.getvalue().splitlines()
+    assert len(line.encode()) <= CLOUDWATCH_MAX_EVENT_BYTES
+    letter = json.loads(line)["dead_letter"]
+    assert letter["data_truncated"] is True
+    assert record.data.startswith(letter["data"])
+    assert len(letter["data"]) == MAX_LOGGED_DEAD_LETTER_DATA_CHARS
+    assert letter["source"]["sequence_number"] == record.sequence_number
+
+
+@pytest.mark.parametrize(
+    ("env", "rides", "reason"),
+    [
+        (
+            {},
+            [ride(1, pickup=265, dropoff=1, distance=1000), ride(2, dropoff=10**30, distance=1e308)],
+            "invalid ride event: ride.DOLocationID: Input should be less than or equal to 265; "
+            "ride.trip_distance: Input should be less than or equal to 1000",
+        ),
+        (
+            {"MAX_ZONE_ID": "300", "MAX_TRIP_DISTANCE_MILES": "20"},
+            [ride(1, pickup=300, dropoff=1, distance=20), ride(2, dropoff=301)],
+            "invalid ride event: ride.DOLocationID: Input should be less than or equal to 300",
+        ),
+    ],
+    ids=["TLC zones", "another zone map"],
+)
+def test_rides_beyond_the_configured_bounds_are_dead_lettered_naming_the_field(
+    streams: Any, model_dir: Path, env: dict[str, str], rides: list[bytes], reason: str
+) -> None:
+    settings = Settings.from_env(
+        {"MODEL_URI": str(model_dir), "DEAD_LETTER_STREAM_NAME": "dead_letters", **env}
+    )
+    service = build_service(settings, RecordingLog())
+
+    assert service.handle(event_from_payloads(rides)) == {"batchItemFailures": []}
+
+    assert [p["prediction"]["ride_id"] for p in read_stream(streams, "ride_predictions")] == [1]
+    assert [d["reason"] for d in read_stream(streams, "dead_letters")] == [reason]

@@ -6,12 +6,18 @@ import pytest
 from local_aws.kinesis_events import event_from_payloads
 from stream.ride_events import (
     MAX_DEAD_LETTER_DATA_CHARS,
+    MAX_TRIP_DISTANCE_MILES,
+    MAX_ZONE_ID,
     DeadLetter,
     KinesisRecord,
     ModelInfo,
     PoisonRecordError,
     PredictionEvent,
+    Ride,
+    RideBounds,
+    RideEvent,
     decode_ride_event,
+    ride_types,
 )
 
 COURSE_RIDE = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 256}
@@ -82,6 +88,18 @@ def test_undecodable_data_names_the_step_that_failed(data: str, reason: str) -> 
             "ride.trip_distance: Input should be a valid number",
         ),
         ({"ride": "130-205"}, "ride: Input should be an object"),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "PULocationID": 266}},
+            "ride.PULocationID: Input should be less than or equal to 265",
+        ),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "DOLocationID": 10**30}},
+            "ride.DOLocationID: Input should be less than or equal to 265",
+        ),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "trip_distance": 1e308}},
+            "ride.trip_distance: Input should be less than or equal to 1000",
+        ),
     ],
 )
 def test_validation_names_the_field_and_the_reason(change: dict, reason: str) -> None:
@@ -138,3 +156,30 @@ def test_dead_letter_of_a_huge_record_fits_in_one_kinesis_record() -> None:
     letter = json.loads(data)
     assert letter["data_truncated"] is True
     assert len(letter["data"]) == MAX_DEAD_LETTER_DATA_CHARS
+
+
+def ride_payload(pickup: int, dropoff: int, distance: float) -> bytes:
+    ride = {"PULocationID": pickup, "DOLocationID": dropoff, "trip_distance": distance}
+    return json.dumps({"ride": ride, "ride_id": 1}).encode()
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    event = decode_ride_event(record_of(ride_payload(MAX_ZONE_ID, 1, MAX_TRIP_DISTANCE_MILES)))
+    assert (event.ride.PULocationID, event.ride.trip_distance) == (265, 1000.0)
+
+
+def test_other_bounds_for_another_zone_map() -> None:
+    types = ride_types(RideBounds(max_zone_id=300, max_trip_distance=50.5))
+
+    event = decode_ride_event(record_of(ride_payload(300, 299, 50.5)), types.event)
+    with pytest.raises(PoisonRecordError) as raised:
+        decode_ride_event(record_of(ride_payload(301, 1, 50.6)), types.event)
+
+    assert isinstance(event.ride, Ride)
+    assert (event.ride.PULocationID, event.ride.DOLocationID, event.ride.trip_distance) == (300, 299, 50.5)
+    assert str(raised.value) == (
+        "invalid ride event: ride.PULocationID: Input should be less than or equal to 300; "
+        "ride.trip_distance: Input should be less than or equal to 50.5"
+    )
+    assert ride_types(RideBounds(max_zone_id=300, max_trip_distance=50.5)) is types  # built once
+    assert ride_types(RideBounds()).event is RideEvent

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.ride_events import RideBounds
 from stream.settings import ConfigurationError, Settings
 
 
@@ -14,6 +15,7 @@ def test_defaults() -> None:
     assert settings.put_records_retry.max_delay == 2.0
     assert settings.log_level == "INFO"
     assert settings.kinesis_endpoint_url is None
+    assert settings.ride_bounds == RideBounds(max_zone_id=265, max_trip_distance=1000)
 
 
 def test_every_variable_is_read() -> None:
@@ -29,6 +31,8 @@ def test_every_variable_is_read() -> None:
             "PUT_RECORDS_MAX_DELAY_MS": "400",
             "LOG_LEVEL": "debug",
             "KINESIS_ENDPOINT_URL": "http://localhost:4566",
+            "MAX_ZONE_ID": "300",
+            "MAX_TRIP_DISTANCE_MILES": "250.5",
         }
     )
     assert settings.model_uri == "models:/ride-duration@champion"
@@ -38,6 +42,7 @@ def test_every_variable_is_read() -> None:
     assert (retry.max_attempts, retry.base_delay, retry.max_delay) == (3, 0.05, 0.4)
     assert settings.log_level == "DEBUG"
     assert settings.kinesis_endpoint_url == "http://localhost:4566"
+    assert settings.ride_bounds == RideBounds(max_zone_id=300, max_trip_distance=250.5)
 
 
 def test_course_run_id_defaults_to_experiment_1() -> None:
@@ -51,6 +56,14 @@ def test_course_run_id_defaults_to_experiment_1() -> None:
         ("PUT_RECORDS_MAX_ATTEMPTS", "many", "PUT_RECORDS_MAX_ATTEMPTS must be an integer, got 'many'"),
         ("PUT_RECORDS_MAX_ATTEMPTS", "0", "PUT_RECORDS_MAX_ATTEMPTS must be at least 1, got 0"),
         ("PUT_RECORDS_BASE_DELAY_MS", "-5", "PUT_RECORDS_BASE_DELAY_MS must be at least 0, got -5"),
+        ("MAX_ZONE_ID", "0", "MAX_ZONE_ID must be at least 1, got 0"),
+        ("MAX_TRIP_DISTANCE_MILES", "far", "MAX_TRIP_DISTANCE_MILES must be a number, got 'far'"),
+        (
+            "MAX_TRIP_DISTANCE_MILES",
+            "inf",
+            "MAX_TRIP_DISTANCE_MILES must be a finite number above 0, got 'inf'",
+        ),
+        ("MAX_TRIP_DISTANCE_MILES", "0", "MAX_TRIP_DISTANCE_MILES must be a finite number above 0, got '0'"),
     ],
 )
 def test_malformed_numbers_name_the_variable(name: str, value: str, message: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,16 @@ BAD_REQUESTS = {
         422,
         "invalid ride: PULocationID: Input should be greater than 0",
     ),
+    "zone beyond the zone map": (
+        b'{"PULocationID": 10, "DOLocationID": 1000000000000000000000000000000, "trip_distance": 4}',
+        422,
+        "invalid ride: DOLocationID: Input should be less than or equal to 265",
+    ),
+    "distance beyond any trip": (
+        b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": 1e308}',
+        422,
+        "invalid ride: trip_distance: Input should be less than or equal to 1000",
+    ),
     "distance negative": (
         b'{"PULocationID": 10, "DOLocationID": 50, "trip_distance": -1}',
         422,
@@ -152,6 +164,32 @@ def test_http_errors_are_json_not_html(
     assert set(answer) == {"error"}
 
 
+def post_chunked(server: WebServer, body: bytes) -> tuple[int, Any]:
+    """POST with Transfer-Encoding: chunked (no Content-Length), in 64 KiB chunks."""
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        chunks = (body[start : start + 65_536] for start in range(0, len(body), 65_536))
+        connection.request("POST", "/predict", body=chunks, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_chunked_body_over_1_mib_is_413_and_one_at_the_limit_is_read_whole(web_server: WebServer) -> None:
+    ride = json.dumps(COURSE_REQUEST).encode()
+    at_the_limit = b"[" + ride + b" " * (MAX_BODY_BYTES - len(ride) - 2) + b"]"
+    assert len(at_the_limit) == MAX_BODY_BYTES
+
+    too_long = post_chunked(web_server, at_the_limit[:-1] + b" ]")
+    at_limit = post_chunked(web_server, at_the_limit)
+
+    assert too_long[0] == 413
+    assert set(too_long[1]) == {"error"}
+    assert at_limit[0] == 200
+    assert len(at_limit[1]) == 1
+
+
 class BrokenPredictor:
     def predict(self, features: list[dict[str, Any]]) -> list[float]:
         raise RuntimeError("secret internals")
@@ -199,3 +237,19 @@ def test_without_a_model_the_app_exits_with_one_line_saying_why(
 
     assert exited.value.code == 1
     assert message in capsys.readouterr().err
+
+
+def test_other_zone_maps_set_their_bounds_through_the_environment(model_dir: Path) -> None:
+    app = app_from_env({"MODEL_URI": str(model_dir), "MAX_ZONE_ID": "300", "MAX_TRIP_DISTANCE_MILES": "50"})
+    client = app.test_client()
+
+    accepted = client.post("/predict", json={"PULocationID": 300, "DOLocationID": 299, "trip_distance": 50})
+    refused = client.post("/predict", json={"PULocationID": 301, "DOLocationID": 1, "trip_distance": 50.5})
+
+    assert accepted.status_code == 200
+    assert refused.status_code == 422
+    assert refused.json is not None
+    assert refused.json["problems"] == [
+        {"field": "PULocationID", "reason": "Input should be less than or equal to 300"},
+        {"field": "trip_distance", "reason": "Input should be less than or equal to 50"},
+    ]
