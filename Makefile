@@ -26,10 +26,10 @@ $(VENV)/.installed: uv.lock pyproject.toml | $(UV)
 
 setup: $(VENV)/.installed  ## create .venv from the lock file (runtime + all groups)
 
-demo: setup  ## the main job: stream sample rides through the local pipeline, print a summary, stop
+demo: setup  ## the main job: stream sample rides through the local pipeline, print a summary, stop (MODEL_URI=… for yours)
 	$(BIN)/python -m local_aws demo $(ARGS)
 
-up: setup  ## start the local pipeline and keep it running (Ctrl-C stops it)
+up: setup  ## start the local pipeline and keep it running; restarts the function when the model changes (Ctrl-C stops it)
 	$(BIN)/python -m local_aws up $(ARGS)
 
 test: lint unit deploy-checks integration  ## everything CI runs: lint, unit, deploy checks, end-to-end

@@ -5,6 +5,7 @@ Runs unchanged against the Docker-less local stack and against LocalStack + the 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -17,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
+
+from local_aws.producer import put_records
 
 HERE = Path(__file__).resolve().parent
+# The Lambda image's emulator (run.sh --docker) answers to any function name and has no LogResult.
+LOCAL_FUNCTION_ONLY = pytest.mark.skipif(
+    bool(os.environ.get("INTEGRATION_FUNCTION_ENDPOINT")),
+    reason="the local endpoint's behaviour, not the emulator's",
+)
 GOOD = 190
 POISON = [b"Hello, this is a test.", b'{"ride": {"PULocationID": 1}, "ride_id": 9}', b"\xff\xfe"]
 
@@ -86,12 +95,13 @@ def test_every_ride_put_with_boto3_yields_one_prediction_or_one_dead_letter(stac
     sent = {}
     for start in range(0, len(payloads), 50):
         chunk = payloads[start : start + 50]
-        response = kinesis.put_records(
-            StreamName=stack["input_stream"], Records=[{"Data": d, "PartitionKey": k} for k, d in chunk]
+        # Kinesis may reject entries of a successful call (throttling): they are sent again.
+        result = put_records(
+            kinesis, stack["input_stream"], [{"Data": d, "PartitionKey": k} for k, d in chunk]
         )
-        assert response["FailedRecordCount"] == 0
-        for (key, _), entry in zip(chunk, response["Records"], strict=True):
-            sent[f"{entry['ShardId']}:{entry['SequenceNumber']}"] = key
+        assert result.refused == {}, f"still rejected after the retries: {result.refused}"
+        for index, (shard_id, sequence_number) in result.stored.items():
+            sent[f"{shard_id}:{sequence_number}"] = chunk[index][0]
 
     def outputs() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
         predictions = [p for p in read_all(stack["predictions_stream"]) if p["source"]["event_id"] in sent]
@@ -141,6 +151,36 @@ def test_aws_lambda_invoke_with_the_sample_event(stack: dict[str, Any], tmp_path
         what="the invoked event's prediction",
     )
     assert prediction["prediction"]["ride_id"] == 256
+
+
+@LOCAL_FUNCTION_ONLY
+def test_aws_lambda_invoke_log_type_tail_returns_the_invocations_log(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    result = run_cli(
+        "lambda", "invoke", "--function-name", stack["function_name"], *cli_binary_format(),
+        "--payload", f"file://{HERE / 'event.json'}", "--log-type", "Tail", str(tmp_path / "out.json"),
+    )  # fmt: skip
+    log = base64.b64decode(json.loads(result.stdout)["LogResult"]).decode()
+    assert log.startswith("START RequestId: ")
+    assert '"batch processed"' in log  # the function's own JSON log line
+    assert "\nEND RequestId: " in log
+    assert "\nREPORT RequestId: " in log
+
+
+@LOCAL_FUNCTION_ONLY
+def test_an_unknown_function_name_is_lambdas_resource_not_found(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [*aws_cli(), "lambda", "invoke", "--function-name", "no-such-function", "--payload", "{}", str(tmp_path / "o")],
+        capture_output=True, text=True, env=os.environ.copy(), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "ResourceNotFoundException" in result.stderr
+    assert (
+        "Function not found: arn:aws:lambda:us-east-1:123456789012:function:no-such-function" in result.stderr
+    )
 
 
 def test_a_bad_invocation_gets_lambdas_error_shape_over_plain_http(stack: dict[str, Any]) -> None:

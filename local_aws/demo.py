@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from local_aws.event_source_mapping import list_all_shards
+from local_aws.producer import put_records
 from local_aws.stack import LocalStack
 
 # Producers send anything: a few malformed records show where bad input goes.
@@ -60,6 +62,8 @@ class Tally:
     dead_letters: Counter[int] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)  # ride id -> ErrorCode, after the retries
+    resent: int = 0  # entries Kinesis rejected and the producer sent again
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def accounted(self) -> int:
@@ -81,34 +85,61 @@ class Tally:
 
 
 class StreamReader(threading.Thread):
-    """Reads every shard of a stream from its start, handing each JSON record to `on_record`."""
+    """Reads every shard of a stream from its start, handing each record's data to `on_record`."""
 
-    def __init__(self, kinesis: Any, stream: str, on_record: Callable[[dict[str, Any], float], None]) -> None:
+    def __init__(self, kinesis: Any, stream: str, on_record: Callable[[bytes, float], None]) -> None:
         super().__init__(name=f"reader-{stream}", daemon=True)
         self.kinesis = kinesis
         self.stream = stream
         self.on_record = on_record
         self.stopped = threading.Event()
+        self._iterators: dict[str, str] | None = None
+
+    def _open(self) -> dict[str, str]:
+        if self._iterators is None:
+            self._iterators = {
+                shard["ShardId"]: self.kinesis.get_shard_iterator(
+                    StreamName=self.stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+                )["ShardIterator"]
+                for shard in list_all_shards(self.kinesis, self.stream)
+            }
+        return self._iterators
+
+    def read_once(self) -> tuple[int, bool]:
+        """One GetRecords per shard: (records read, whether every shard is at its tip)."""
+        iterators = self._open()
+        got, at_tip = 0, True
+        for shard_id, iterator in list(iterators.items()):
+            page = self.kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            now = time.time()
+            for record in page["Records"]:
+                self.on_record(record["Data"], now)
+            got += len(page["Records"])
+            if page.get("NextShardIterator"):
+                iterators[shard_id] = page["NextShardIterator"]
+                at_tip = at_tip and not page["Records"] and not page.get("MillisBehindLatest")
+            else:
+                del iterators[shard_id]  # a closed shard, read to its end
+        return got, at_tip
+
+    def read_available(self) -> int:
+        """Everything on the stream now, then return."""
+        total = 0
+        while True:
+            got, at_tip = self.read_once()
+            total += got
+            if at_tip:
+                return total
 
     def run(self) -> None:
-        shards = self.kinesis.list_shards(StreamName=self.stream)["Shards"]
-        iterators = [
-            self.kinesis.get_shard_iterator(
-                StreamName=self.stream, ShardId=s["ShardId"], ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"]
-            for s in shards
-        ]
         while not self.stopped.is_set():
-            got = 0
-            for index, iterator in enumerate(iterators):
-                page = self.kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-                iterators[index] = page["NextShardIterator"]
-                now = time.time()
-                for record in page["Records"]:
-                    self.on_record(json.loads(record["Data"]), now)
-                got += len(page["Records"])
+            got, _ = self.read_once()
             if not got:
                 self.stopped.wait(0.02)
+
+
+def json_records(handle: Callable[[dict[str, Any], float], None]) -> Callable[[bytes, float], None]:
+    return lambda data, now: handle(json.loads(data), now)
 
 
 class Progress:
@@ -130,29 +161,35 @@ class Progress:
 
 
 def stream_rides(
-    stack: LocalStack,
+    kinesis: Any,
+    stream_name: str,
     rides: list[tuple[int, bytes, bool]],
+    *,
     rate: float,
     tally: Tally,
     show: Callable[[], None],
 ) -> None:
-    """Put rides with PutRecords at about `rate` per second, remembering when each became readable."""
-    kinesis = stack.client("kinesis")
+    """Put rides with PutRecords at about `rate` per second, remembering when each became
+    readable; entries Kinesis rejects are sent again (local_aws.producer)."""
     tick = 0.05
     per_tick = max(1, round(rate * tick))
     started = time.monotonic()
     for index in range(0, len(rides), per_tick):
         chunk = rides[index : index + per_tick]
-        response = kinesis.put_records(
-            StreamName=stack.config.input_stream,
-            Records=[{"Data": payload, "PartitionKey": str(ride_id)} for ride_id, payload, _ in chunk],
+        result = put_records(
+            kinesis,
+            stream_name,
+            [{"Data": payload, "PartitionKey": str(ride_id)} for ride_id, payload, _ in chunk],
         )
         now = time.time()
         with tally.lock:
-            for (ride_id, _, _), entry in zip(chunk, response["Records"], strict=True):
-                event_id = f"{entry['ShardId']}:{entry['SequenceNumber']}"
+            for position, (shard_id, sequence_number) in result.stored.items():
+                event_id = f"{shard_id}:{sequence_number}"
                 tally.sent_at[event_id] = now
-                tally.ride_of[event_id] = ride_id
+                tally.ride_of[event_id] = chunk[position][0]
+            for position, error in result.refused.items():
+                tally.refused[chunk[position][0]] = error
+            tally.resent += result.resent
         show()
         pause = started + (index + per_tick) / rate - time.monotonic()
         if pause > 0:
@@ -167,22 +204,31 @@ def run_demo(
     tally = Tally()
     kinesis = stack.client("kinesis")
     readers = [
-        StreamReader(kinesis, stack.config.predictions_stream, tally.read_prediction),
-        StreamReader(kinesis, stack.config.dead_letter_stream, tally.read_dead_letter),
+        StreamReader(kinesis, stack.config.predictions_stream, json_records(tally.read_prediction)),
+        StreamReader(kinesis, stack.config.dead_letter_stream, json_records(tally.read_dead_letter)),
     ]
     for reader in readers:
         reader.start()
     progress = Progress()
-    sent: Callable[[], int] = lambda: len(tally.sent_at)  # noqa: E731
-    line: Callable[[], str] = lambda: (  # noqa: E731
-        f"rides put {sent():,}/{count:,} · predictions {sum(tally.predictions.values()):,}"
-        f" · dead letters {sum(tally.dead_letters.values()):,}"
-    )
+
+    def line() -> str:
+        return (
+            f"rides put {len(tally.sent_at):,}/{count:,} · predictions {sum(tally.predictions.values()):,}"
+            f" · dead letters {sum(tally.dead_letters.values()):,}"
+        )
+
     print(f"\nStreaming {count:,} rides at ~{rate:.0f}/s ({malformed} malformed on purpose) ...")
     started = time.monotonic()
-    stream_rides(stack, rides, rate=rate, tally=tally, show=lambda: progress.update(line()))
+    stream_rides(
+        kinesis,
+        stack.config.input_stream,
+        rides,
+        rate=rate,
+        tally=tally,
+        show=lambda: progress.update(line()),
+    )
     deadline = time.monotonic() + timeout
-    while tally.accounted() < count and time.monotonic() < deadline:
+    while tally.accounted() < count - len(tally.refused) and time.monotonic() < deadline:
         progress.update(line())
         time.sleep(0.05)
     progress.update(line() + f" · {time.monotonic() - started:.1f} s", final=True)
@@ -194,11 +240,18 @@ def run_demo(
 
 def report(stack: LocalStack, tally: Tally, count: int, malformed: int) -> bool:
     predicted, dead = set(tally.predictions), set(tally.dead_letters)
-    missing = count - len(predicted | dead)
+    missing = count - len(predicted | dead) - len(tally.refused)
     duplicates = sum(n - 1 for n in tally.predictions.values() if n > 1)
     stats = stack.mapping.stats if stack.mapping else None
     print("\nSummary")
     print(f"  rides in             {count:>7,}  ({count - malformed:,} valid, {malformed:,} malformed)")
+    if tally.resent:
+        print(f"  resent by producer   {tally.resent:>7,}  (entries Kinesis rejected, put again)")
+    if tally.refused:
+        errors = ", ".join(f"{error}: {n}" for error, n in Counter(tally.refused.values()).most_common())
+        print(
+            f"  refused by Kinesis   {len(tally.refused):>7,}  (still rejected after the retries: {errors})"
+        )
     mean = sum(tally.durations) / len(tally.durations) if tally.durations else float("nan")
     print(f"  predictions out      {len(predicted):>7,}  (mean predicted duration {mean:.1f} min)")
     reasons = ", ".join(f"{reason}: {n}" for reason, n in tally.reasons.most_common())
@@ -217,6 +270,8 @@ def report(stack: LocalStack, tally: Tally, count: int, malformed: int) -> bool:
         print(
             f"  duplicates           {duplicates:>7,}  (at-least-once delivery; de-duplicate on source.event_id)"
         )
-    ok = missing == 0 and len(predicted) == count - malformed and len(dead) == malformed
-    print(f"  every ride accounted {'yes' if ok else f'NO: {missing} missing'}")
+    ok = not tally.refused and missing == 0 and len(predicted) == count - malformed and len(dead) == malformed
+    problems = [f"{missing} missing"] if missing else []
+    problems += [f"{len(tally.refused)} refused by Kinesis"] if tally.refused else []
+    print(f"  every ride accounted {'yes' if ok else 'NO: ' + ', '.join(problems or ['see above'])}")
     return ok

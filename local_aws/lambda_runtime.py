@@ -4,22 +4,31 @@ loopback port that serves both sides of Lambda's HTTP contract.
 - the Runtime API the runtime client polls (`/2018-06-01/runtime/...`), and
 - the invoke API (`POST /2015-03-31/functions/<name>/invocations`), what the Runtime Interface
   Emulator in the Lambda base image serves on port 8080, so `curl`, `aws lambda invoke
-  --endpoint-url` and boto3's Lambda client all work against it.
+  --endpoint-url` and boto3's Lambda client all work against it. `<name>` is the function's name
+  (or ARN), or `function` as the emulator accepts; any other name gets Lambda's 404
+  `ResourceNotFoundException`. With `X-Amz-Log-Type: Tail` (`--log-type Tail`) the answer
+  carries the last 4 KB of the invocation's log, base64, in `X-Amz-Log-Result`.
 
 One function process handles one invocation at a time, as one Lambda execution environment
 does. The function is initialised when the endpoint starts; if its init fails, or it times out
 or crashes, the next invocation starts a fresh process (a new cold start), as Lambda does.
 Errors come back in Lambda's shape: HTTP 200, `X-Amz-Function-Error: Unhandled`, and a JSON
-body with `errorMessage` and `errorType`.
+body with `errorMessage` and `errorType`. The function's output goes to the log with Lambda's
+`START`, `END` and `REPORT` lines around each invocation. Memory size and timeout default to
+the CloudFormation template's (`infra/template.yaml`), so the function sees what AWS gives it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
 import json
+import math
 import os
 import queue
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -30,12 +39,15 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from local_aws.processes import Spawner, stop_process
 
 RUNTIME_PREFIX = "/2018-06-01/runtime"
 INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations$")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOG_TAIL_BYTES = 4096  # what Lambda returns as LogResult with --log-type Tail
+EMULATOR_FUNCTION_NAME = "function"  # the name the image's Runtime Interface Emulator answers to
 
 
 @dataclass
@@ -46,6 +58,7 @@ class Invocation:
     done: threading.Event = field(default_factory=threading.Event)
     result: bytes | None = None
     error: dict[str, Any] | None = None
+    log: bytearray = field(default_factory=bytearray)
 
     def finish(self, result: bytes | None = None, error: dict[str, Any] | None = None) -> None:
         if not self.done.is_set():
@@ -57,21 +70,47 @@ class Invocation:
 class InvokeResult:
     payload: bytes
     function_error: str | None = None
+    log: bytes = b""  # what the function wrote during the invocation, with START/END/REPORT
+
+
+@functools.cache
+def template_defaults() -> dict[str, Any]:
+    """The function's settings as `infra/template.yaml` deploys them by default."""
+    from scripts.stack import load_template  # noqa: PLC0415 - reads YAML, only when needed
+
+    parameters = load_template()["Parameters"]
+    return {name: parameters[name]["Default"] for name in ("MemorySize", "Timeout")}
 
 
 @dataclass(frozen=True)
 class FunctionConfig:
     handler: str = "lambda_function.lambda_handler"
     function_name: str = "ride-duration-prediction"
-    timeout_s: float = 60.0
-    memory_mb: int = 512
+    timeout_s: float = field(default_factory=lambda: float(template_defaults()["Timeout"]))
+    memory_mb: int = field(default_factory=lambda: int(template_defaults()["MemorySize"]))
     region: str = "us-east-1"
     environment: dict[str, str] = field(default_factory=dict)
     code_dir: Path = PROJECT_ROOT
 
     @property
     def arn(self) -> str:
-        return f"arn:aws:lambda:{self.region}:123456789012:function:{self.function_name}"
+        return self.arn_of(self.function_name)
+
+    def arn_of(self, name: str) -> str:
+        return f"arn:aws:lambda:{self.region}:123456789012:function:{name}"
+
+    def answers_to(self, name: str, qualifier: str | None) -> bool:
+        """Whether an invoke of `name` (a name, an ARN or a partial ARN, maybe `:qualifier`) is
+        for this function: only `$LATEST` exists locally."""
+        parts = name.split(":")
+        if parts[0] == "arn" and len(parts) >= 7:
+            parts = parts[6:]
+        elif len(parts) >= 3 and parts[1] == "function":
+            parts = parts[2:]
+        if len(parts) > 2 or (len(parts) == 2 and qualifier not in (None, parts[1])):
+            return False
+        version = parts[1] if len(parts) == 2 else qualifier
+        return parts[0] in (self.function_name, EMULATOR_FUNCTION_NAME) and version in (None, "$LATEST")
 
 
 class QuietHTTPServer(ThreadingHTTPServer):
@@ -85,6 +124,16 @@ class QuietHTTPServer(ThreadingHTTPServer):
 
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"errorMessage": message, "errorType": error_type, "stackTrace": []}
+
+
+def peak_memory_mb(pid: int) -> int | None:
+    """The process's peak resident memory (what REPORT calls Max Memory Used), on Linux."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return math.ceil(int(found[1]) / 1024) if found else None
 
 
 class LocalLambda:
@@ -101,9 +150,18 @@ class LocalLambda:
         self._init_error: dict[str, Any] | None = None
         self._init_done = threading.Event()
         self._stopping = threading.Event()
+        self._output_lock = threading.Lock()  # the function's output: read, logged, captured
+        self._capture: bytearray | None = None  # where the output goes besides the log
+        self._init_log = bytearray()
+        self._started_at = 0.0
+        self._init_duration_ms: float | None = None  # reported once, after a cold start
+        self._pump: threading.Thread | None = None
         self.cold_starts = 0
+        self._generation = 0  # which function process is current: a stopped one's /next is stale
         self.server = QuietHTTPServer(("127.0.0.1", port), self._handler_class())
-        self._thread = threading.Thread(target=self.server.serve_forever, name="local-lambda", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-lambda", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -128,8 +186,24 @@ class LocalLambda:
     def stop(self) -> None:
         self._stopping.set()
         self._stop_function()
+        if self._pump is not None:
+            self._pump.join(5)  # its last output reaches the log before the log is closed
         self.server.shutdown()
         self.server.server_close()
+
+    def restart(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """A fresh execution environment (a cold start), e.g. for a changed model; waits for its
+        init and returns the init error, if any. An invocation in progress finishes first."""
+        with self._invoke_lock:
+            self._stop_function()
+            self._start_function()
+            return self.wait_until_initialised(timeout or self.config.timeout_s + 30)
+
+    def init_log(self) -> bytes:
+        """What the current function process wrote during its init."""
+        self._sync_output()
+        with self._output_lock:
+            return bytes(self._init_log)
 
     # -- the function process -------------------------------------------------------------
 
@@ -137,6 +211,7 @@ class LocalLambda:
         self._init_error = None
         self._init_done.clear()
         self.cold_starts += 1
+        self._generation += 1
         env = {
             **os.environ,
             **self.config.environment,
@@ -152,15 +227,22 @@ class LocalLambda:
             "_HANDLER": self.config.handler,
             "PYTHONUNBUFFERED": "1",
         }
+        with self._output_lock:
+            self._init_log = bytearray()
+            self._capture = self._init_log
+        self._started_at = time.monotonic()
+        self._init_duration_ms = None
         self._process = self._spawner.popen(
             [sys.executable, "-m", "awslambdaric", self.config.handler],
             cwd=self.config.code_dir,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=self._log or subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
         threading.Thread(target=self._watch_function, args=(self._process,), daemon=True).start()
+        self._pump = threading.Thread(target=self._pump_output, args=(self._process,), daemon=True)
+        self._pump.start()
 
     def _watch_function(self, process: subprocess.Popen[bytes]) -> None:
         """A process that exits ends its invocation (or its init) with Lambda's exit error."""
@@ -181,6 +263,81 @@ class LocalLambda:
         process, self._process = self._process, None
         stop_process(process)
 
+    # -- the function's output ------------------------------------------------------------
+
+    def _pump_output(self, process: subprocess.Popen[bytes]) -> None:
+        """Copy the process's output to the log (and the current capture) until it exits.
+        Reads happen under the output lock, so `_sync_output` can be sure nothing is in flight."""
+        if process.stdout is None:
+            return
+        fd = process.stdout.fileno()
+        while True:
+            if not select.select([fd], [], [], 0.5)[0]:
+                continue
+            with self._output_lock:
+                # Looked again under the lock: _sync_output may have taken the data meanwhile,
+                # and a read that blocks here would hold the lock until the function writes.
+                if not select.select([fd], [], [], 0)[0]:
+                    continue
+                data = os.read(fd, 65536)
+                if not data:
+                    process.stdout.close()
+                    return
+                self._write_output(data)
+
+    def _sync_output(self) -> None:
+        """Take in whatever the function has written so far (it writes before it answers)."""
+        process = self._process
+        if process is None or process.stdout is None or process.stdout.closed:
+            return
+        with self._output_lock, contextlib.suppress(OSError, ValueError):
+            fd = process.stdout.fileno()
+            while select.select([fd], [], [], 0)[0]:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                self._write_output(data)
+
+    def _write_output(self, data: bytes) -> None:
+        """With the output lock held."""
+        if self._log is not None:
+            self._log.write(data)
+            self._log.flush()
+        if self._capture is not None:
+            self._capture.extend(data)
+
+    def _begin_capture(self, invocation: Invocation) -> None:
+        self._sync_output()
+        with self._output_lock:
+            self._capture = invocation.log
+            self._write_output(f"START RequestId: {invocation.request_id} Version: $LATEST\n".encode())
+
+    def _end_capture(self, invocation: Invocation, started: float, timed_out: bool) -> None:
+        self._sync_output()
+        duration_ms = (time.monotonic() - started) * 1000
+        process = self._process
+        peak = peak_memory_mb(process.pid) if process is not None else None
+        report = [
+            f"REPORT RequestId: {invocation.request_id}",
+            f"Duration: {duration_ms:.2f} ms",
+            f"Billed Duration: {math.ceil(duration_ms)} ms",
+            f"Memory Size: {self.config.memory_mb} MB",
+            f"Max Memory Used: {peak if peak is not None else '-'} MB",
+        ]
+        if self._init_duration_ms is not None:
+            report.append(f"Init Duration: {self._init_duration_ms:.2f} ms")
+            self._init_duration_ms = None
+        lines = []
+        if timed_out:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+            lines.append(
+                f"{stamp} {invocation.request_id} Task timed out after {self.config.timeout_s:.2f} seconds"
+            )
+        lines += [f"END RequestId: {invocation.request_id}", "\t".join(report)]
+        with self._output_lock:
+            self._write_output(("\n".join(lines) + "\n").encode())
+            self._capture = None
+
     def _function_is_healthy(self) -> bool:
         return self._process is not None and self._process.poll() is None and self._init_error is None
 
@@ -197,15 +354,21 @@ class LocalLambda:
                 return InvokeResult(json.dumps(init_error).encode(), "Unhandled")
             invocation = Invocation(payload, deadline=time.time() + self.config.timeout_s)
             self._current = invocation
+            self._begin_capture(invocation)
+            started = time.monotonic()
             self._pending.put(invocation)
-            if not invocation.done.wait(self.config.timeout_s):
-                self._stop_function()  # a timed-out environment is not reused
+            timed_out = not invocation.done.wait(self.config.timeout_s)
+            if timed_out:
                 message = f"Task timed out after {self.config.timeout_s:.2f} seconds"
                 invocation.finish(error=error_body("Sandbox.Timedout", message))
+            self._end_capture(invocation, started, timed_out)
+            if timed_out:
+                self._stop_function()  # a timed-out environment is not reused
             self._current = None
+        log = bytes(invocation.log)
         if invocation.error is not None:
-            return InvokeResult(json.dumps(invocation.error).encode(), "Unhandled")
-        return InvokeResult(invocation.result or b"null")
+            return InvokeResult(json.dumps(invocation.error).encode(), "Unhandled", log)
+        return InvokeResult(invocation.result or b"null", log=log)
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -238,8 +401,8 @@ class LocalLambda:
 
             def do_POST(self) -> None:
                 body = self._body()
-                if match := INVOKE_PATH.match(self.path.split("?")[0]):
-                    runtime._serve_invoke(self, match["name"], body)
+                if match := INVOKE_PATH.match(urlsplit(self.path).path):
+                    runtime._serve_invoke(self, unquote(match["name"]), body)
                 elif self.path == f"{RUNTIME_PREFIX}/init/error":
                     runtime._init_failed(body)
                     self._send(HTTPStatus.ACCEPTED, b'{"status":"OK"}')
@@ -252,14 +415,21 @@ class LocalLambda:
         return Handler
 
     def _next_invocation(self, request: Any) -> None:
+        if not self._init_done.is_set():
+            self._init_duration_ms = (time.monotonic() - self._started_at) * 1000
         self._init_done.set()  # asking for work means the init succeeded
-        while not self._stopping.is_set():
+        generation = self._generation
+        while not self._stopping.is_set() and generation == self._generation:
             try:
-                invocation = self._pending.get(timeout=0.5)
+                invocation = self._pending.get(timeout=0.1)
             except queue.Empty:
                 continue
             if invocation.done.is_set():
                 continue
+            if generation != self._generation:
+                # Asked by a process that was replaced (restart): the work is the new one's.
+                self._pending.put(invocation)
+                return
             request._send(
                 200,
                 invocation.payload,
@@ -291,7 +461,18 @@ class LocalLambda:
             except ValueError:
                 invocation.finish(error=error_body("Runtime.Unknown", body.decode(errors="replace")))
 
-    def _serve_invoke(self, request: Any, _name: str, body: bytes) -> None:
+    def _serve_invoke(self, request: Any, name: str, body: bytes) -> None:
+        qualifier = (parse_qs(urlsplit(request.path).query).get("Qualifier") or [None])[0]
+        if not self.config.answers_to(name, qualifier):
+            # Lambda's answer for a function that does not exist: boto3 raises ResourceNotFoundException.
+            arn = name if name.startswith("arn:") else self.config.arn_of(name)
+            message = {"Type": "User", "message": f"Function not found: {arn}"}
+            request._send(
+                HTTPStatus.NOT_FOUND,
+                json.dumps(message).encode(),
+                {"x-amzn-ErrorType": "ResourceNotFoundException"},
+            )
+            return
         invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if invocation_type == "DryRun":
             request._send(HTTPStatus.NO_CONTENT)
@@ -304,6 +485,8 @@ class LocalLambda:
         headers = {"X-Amz-Executed-Version": "$LATEST"}
         if result.function_error:
             headers["X-Amz-Function-Error"] = result.function_error
+        if request.headers.get("X-Amz-Log-Type") == "Tail":
+            headers["X-Amz-Log-Result"] = base64.b64encode(result.log[-LOG_TAIL_BYTES:]).decode()
         request._send(HTTPStatus.OK, result.payload, headers)
 
 

@@ -78,19 +78,11 @@ class MotoServer:
 
     def start(self, timeout: float = 30) -> None:
         ensure_port_free(self.port, "moto (local AWS)", "--port")
-        # steady_gc (benchmarks): a full collection in moto, which holds every stored record,
-        # pauses a request for 100 ms or more at random; rare young collections keep the
-        # endpoint's noise off whichever design happens to be measured.
-        launcher = (
-            [
-                "-c",
-                "import gc, sys; gc.set_threshold(100_000, 50, 1000); from moto.server import main; main(sys.argv[1:])",
-            ]
-            if self._steady_gc
-            else ["-m", "moto.server"]
-        )
+        # local_aws.moto_server: moto refusing what Kinesis refuses; steady_gc for benchmarks.
+        launcher = ["-m", "local_aws.moto_server", *(["--steady-gc"] if self._steady_gc else [])]
         self._process = Spawner().popen(
             [sys.executable, *launcher, "-H", "127.0.0.1", "-p", str(self.port)],
+            cwd=Path(__file__).resolve().parent.parent,
             stdin=subprocess.DEVNULL,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
@@ -118,10 +110,18 @@ def create_streams(kinesis: Any, streams: Iterable[StreamSpec]) -> None:
 
 
 def upload_model(s3: Any, model_dir: Path, bucket: str, prefix: str) -> str:
-    """Create the bucket if needed, upload the model directory, return its s3:// URI."""
+    """Create the bucket if needed, make the prefix a copy of the model directory (files no
+    longer in it are deleted), return its s3:// URI."""
     if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
         s3.create_bucket(Bucket=bucket)
+    keys = set()
     for path in sorted(model_dir.rglob("*")):
         if path.is_file():
-            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(model_dir).as_posix()}")
+            key = f"{prefix}/{path.relative_to(model_dir).as_posix()}"
+            s3.upload_file(str(path), bucket, key)
+            keys.add(key)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        stale = [{"Key": obj["Key"]} for obj in page.get("Contents", []) if obj["Key"] not in keys]
+        if stale:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": stale})
     return f"s3://{bucket}/{prefix}"

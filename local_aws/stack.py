@@ -4,6 +4,9 @@ runtime client, and the event source mapping between them. No AWS account, no Do
 With `aws_endpoint` set, an AWS-compatible endpoint that is already running (LocalStack) is
 used instead of starting moto; with `function_endpoint` set, a function that is already served
 (the Lambda image's emulator) is invoked instead of starting one here.
+
+The model is `model_uri` (local_aws.model_source), else `./model`, trained if missing; with
+`watch_model`, a local model directory that changes is uploaded again and the function restarted.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ from botocore.config import Config
 
 from local_aws.event_source_mapping import EventSourceMapping, MappingConfig, lambda_invoker
 from local_aws.lambda_runtime import PROJECT_ROOT, FunctionConfig, LocalLambda
+from local_aws.model_source import (
+    ModelWatcher,
+    describe_loaded,
+    fetch_remote_model,
+    loaded_model,
+    local_model_dir,
+)
 from local_aws.moto_stack import (
     DEFAULT_PORT,
     MotoServer,
@@ -59,6 +69,12 @@ class StackConfig:
     aws_endpoint: str | None = None
     function_endpoint: str | None = None
     function_environment: dict[str, str] = field(default_factory=dict)
+    model_uri: str | None = None  # MODEL_URI in any form the function accepts; None: model_dir
+    watch_model: bool = False  # restart the function when a local model directory changes
+
+
+class StackError(RuntimeError):
+    """The stack cannot start; the message says why (one line)."""
 
 
 class LocalStack:
@@ -70,7 +86,9 @@ class LocalStack:
         self.moto: MotoServer | None = None
         self.function: LocalLambda | None = None
         self.mapping: EventSourceMapping | None = None
-        self.model_uri = ""
+        self.model_uri = ""  # what the function gets as MODEL_URI
+        self.model_dir: Path | None = None  # the local directory served, if the model is local
+        self.watcher: ModelWatcher | None = None
         self._logs: list[BinaryIO] = []
 
     # -- endpoints and clients ----------------------------------------------------------------
@@ -152,8 +170,12 @@ class LocalStack:
         self._create_resources()
         self._start_function()
         self._start_mapping()
+        self._watch_model()
 
     def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         for part in (self.mapping, self.function, self.moto):
             if part is not None:
                 part.stop()
@@ -168,12 +190,35 @@ class LocalStack:
         return handle
 
     def _ensure_model(self) -> None:
+        uri = self.config.model_uri
+        if uri is None:
+            self._ensure_default_model()
+            self.model_dir = self.config.model_dir
+            return
+        self.model_dir = local_model_dir(uri)
+        if self.model_dir is not None:
+            if not (self.model_dir / "MLmodel").is_file():
+                raise StackError(f"MODEL_URI={uri}: no MLflow model in {self.model_dir} (no MLmodel file)")
+            self.say(f"  model      MODEL_URI={uri}")
+            return
+        started = time.monotonic()
+        try:
+            fetched = fetch_remote_model(uri, self.config.log_dir / "fetched-models")
+        except Exception as error:  # whatever stops the fetch (credentials, tracking server) ends the start
+            raise StackError(f"MODEL_URI={uri}: {error}") from error
+        self.model_uri = str(fetched)
+        self.say(
+            f"  model      MODEL_URI={uri}: fetched with this shell's credentials to "
+            f"{self.relative(fetched)} ({time.monotonic() - started:.1f} s)"
+        )
+
+    def _ensure_default_model(self) -> None:
         if (self.config.model_dir / "MLmodel").is_file():
-            self.say(f"  model      {self._relative(self.config.model_dir)} (trained earlier)")
+            self.say(f"  model      {self.relative(self.config.model_dir)} (trained earlier)")
             return
         started = time.monotonic()
         self.say(
-            f"  model      none in {self._relative(self.config.model_dir)}: training one (synthetic data) ..."
+            f"  model      none in {self.relative(self.config.model_dir)}: training one (synthetic data) ..."
         )
         subprocess.run(  # noqa: S603 - our own training script
             [sys.executable, "-m", "scripts.train", "--export-dir", str(self.config.model_dir)],
@@ -183,7 +228,7 @@ class LocalStack:
             stderr=subprocess.STDOUT,
         )
         self.say(
-            f"  model      trained in {time.monotonic() - started:.1f} s -> {self._relative(self.config.model_dir)}"
+            f"  model      trained in {time.monotonic() - started:.1f} s -> {self.relative(self.config.model_dir)}"
         )
 
     def _start_aws(self) -> None:
@@ -209,12 +254,15 @@ class LocalStack:
             ],
         )
         self.client("sqs").create_queue(QueueName=c.failure_queue)
-        self.model_uri = upload_model(self.client("s3"), c.model_dir, c.bucket, c.model_prefix)
         self.say(
             f"  streams    {c.input_stream} ({c.input_shards} shards) -> {c.predictions_stream}, "
             f"dead letters -> {c.dead_letter_stream}"
         )
-        self.say(f"  model URI  {self.model_uri}")
+        if self.model_dir is not None:  # served from the local S3, as the function reads it in AWS
+            self.model_uri = upload_model(self.client("s3"), self.model_dir, c.bucket, c.model_prefix)
+            self.say(f"  model URI  {self.model_uri} (uploaded from {self.relative(self.model_dir)})")
+        else:
+            self.say(f"  model URI  {self.model_uri}")
 
     def _start_function(self) -> None:
         if self.config.function_endpoint:
@@ -229,14 +277,41 @@ class LocalStack:
         self.function.start(wait_for_init=False)
         init_error = self.function.wait_until_initialised(timeout=120)
         if init_error:
-            raise RuntimeError(
-                f"the function's init failed: {init_error.get('errorType')}: {init_error.get('errorMessage')} "
-                f"(log: {self._relative(self.config.log_dir / 'function.log')})"
-            )
+            raise StackError(self._init_failure(init_error))
         self.say(
             f"  function   lambda_function.lambda_handler under awslambdaric at {self.lambda_endpoint} "
             f"(init {time.monotonic() - started:.1f} s)"
         )
+        self.say(f"  model      {describe_loaded(loaded_model(self.function.init_log()), self.model_uri)}")
+
+    def _init_failure(self, init_error: dict[str, Any]) -> str:
+        return (
+            f"the function's init failed: {init_error.get('errorType')}: {init_error.get('errorMessage')} "
+            f"(log: {self.relative(self.config.log_dir / 'function.log')})"
+        )
+
+    def _watch_model(self) -> None:
+        if not self.config.watch_model or self.model_dir is None or self.function is None:
+            return
+        self.watcher = ModelWatcher(self.model_dir, self.reload_model)
+        self.watcher.start()
+
+    def reload_model(self) -> None:
+        """The model directory changed: upload it again and start a fresh function (a cold start)."""
+        if self.model_dir is None or self.function is None:
+            return
+        started = time.monotonic()
+        self.say(
+            f"  model      {self.relative(self.model_dir)} changed: uploading it and restarting the function"
+        )
+        c = self.config
+        upload_model(self.client("s3"), self.model_dir, c.bucket, c.model_prefix)
+        init_error = self.function.restart()
+        if init_error:
+            self.say(f"  function   {self._init_failure(init_error)}; fix the model, it is watched")
+            return
+        loaded = describe_loaded(loaded_model(self.function.init_log()), self.model_uri)
+        self.say(f"  model      {loaded} (restarted in {time.monotonic() - started:.1f} s)")
 
     def mapping_config(self) -> MappingConfig:
         settings = json.loads(self.config.mapping_file.read_text())
@@ -256,8 +331,12 @@ class LocalStack:
         )
         self.say(f"  mapping    {self.config.input_stream} -> function: {settings}")
 
+    def watched_model(self) -> str | None:
+        """The model directory whose changes restart the function, if one is watched."""
+        return self.relative(self.model_dir) if self.watcher is not None and self.model_dir else None
+
     @staticmethod
-    def _relative(path: Path) -> str:
+    def relative(path: Path) -> str:
         try:
             return f"./{path.resolve().relative_to(Path.cwd())}"
         except ValueError:

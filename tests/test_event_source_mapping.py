@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from local_aws import event_source_mapping
 from local_aws.event_source_mapping import (
     EventSourceMapping,
     FailureDestination,
@@ -408,3 +411,129 @@ def test_the_mapping_polls_every_shard_in_threads_and_stops_cleanly(kinesis: Any
 def test_settings_are_checked_like_aws_does(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(MappingConfigError, match=message):
         MappingConfig.from_dict(settings)
+
+
+def test_a_failed_destination_send_keeps_the_records_and_is_retried_before_the_checkpoint_moves(
+    stream: Any, queue: tuple[Any, str]
+) -> None:
+    sequence_numbers = put(stream, "a", "b")
+    sqs, url = queue
+    sqs.delete_queue(QueueUrl=url)  # the destination is gone: every send fails
+    function = ScriptedFunction(always_error)
+    p = poller(stream, function, sqs_destination(), MaximumRetryAttempts=0)
+    for _ in range(3):
+        p.step()
+    assert function.batches == [["a", "b"]]  # given up on once; only the send is retried
+    assert p.stats.destination_failures == 3
+    assert p.stats.records_discarded == 0
+    assert [record.sequence_number for record in p.lanes[0].buffer] == sequence_numbers  # not skipped
+    sqs.create_queue(QueueName="mapping-failures")
+    put(stream, "c")
+    function.answer = lambda _p, _s: InvokeResult(None)
+    drain(p)
+    assert function.batches == [["a", "b"], ["c"]]
+    [failure] = received(queue)
+    info = failure["KinesisBatchInfo"]
+    assert (info["startSequenceNumber"], info["endSequenceNumber"]) == tuple(sequence_numbers)
+    assert p.stats.records_discarded == 2
+
+
+def put_keyed(kinesis: Any, records: list[tuple[str, str]]) -> None:
+    for key, payload in records:
+        kinesis.put_record(StreamName="rides", Data=payload.encode(), PartitionKey=key)
+
+
+def test_parallelization_factor_runs_batches_of_a_shard_at_once_and_keeps_each_keys_order(
+    stream: Any,
+) -> None:
+    keys = [f"ride-{i}" for i in range(8)]
+    put_keyed(stream, [(key, f"{key}/{n}") for n in range(4) for key in keys])
+    lock = threading.Lock()
+    in_flight, peak = [0], [0]
+
+    def answer(_payloads: list[str], _s: list[str]) -> InvokeResult:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.05)  # long enough for the other lanes' invocations to start
+        with lock:
+            in_flight[0] -= 1
+        return InvokeResult(None)
+
+    function = ScriptedFunction(answer)
+    p = poller(stream, function, BatchSize=2, ParallelizationFactor=4)
+    drain(p, max_steps=100)
+    assert peak[0] > 1  # batches of one shard ran concurrently
+    assert len({p.lane_of(key) for key in keys}) > 1
+    delivered = [payload for batch in function.batches for payload in batch]
+    assert sorted(delivered) == sorted(f"{key}/{n}" for n in range(4) for key in keys)  # each once
+    for key in keys:  # a key's records arrive in the order they were put
+        assert [d for d in delivered if d.startswith(f"{key}/")] == [f"{key}/{n}" for n in range(4)]
+    for batch in function.batches:  # a batch holds the records of one lane
+        assert len({p.lane_of(payload.split("/")[0]) for payload in batch}) == 1
+
+
+def test_with_parallelization_a_failing_lane_retries_alone_and_keeps_its_order(stream: Any) -> None:
+    keys = [f"ride-{i}" for i in range(6)]
+    put_keyed(stream, [(key, f"{key}/{n}") for n in range(3) for key in keys])
+    function = ScriptedFunction(fail_once_at("ride-0/1"))
+    p = poller(
+        stream,
+        function,
+        BatchSize=10,
+        ParallelizationFactor=3,
+        FunctionResponseTypes=["ReportBatchItemFailures"],
+    )
+    drain(p, max_steps=100)
+    delivered = [payload for batch in function.batches for payload in batch]
+    failing_lane = p.lane_of("ride-0")
+    assert any(p.lane_of(key) != failing_lane for key in keys)
+    for key in keys:
+        mine = [d for d in delivered if d.startswith(f"{key}/")]
+        in_order = [f"{key}/{n}" for n in range(3)]
+        if p.lane_of(key) != failing_lane:
+            assert mine == in_order  # other lanes: once each, untouched by the retry
+        else:  # once in order, then again from the lane's lowest failure on (a suffix)
+            assert mine[:3] == in_order
+            assert mine[3:] == in_order[3 - len(mine[3:]) :]
+    assert [d for d in delivered if d.startswith("ride-0/")] == [
+        "ride-0/0",
+        "ride-0/1",
+        "ride-0/2",
+        "ride-0/1",
+        "ride-0/2",
+    ]
+    [_first, redelivery] = [batch for batch in function.batches if "ride-0/1" in batch]
+    assert {p.lane_of(payload.split("/")[0]) for payload in redelivery} == {failing_lane}
+
+
+def not_emulated(text: str) -> str:
+    found = re.search(r"Not emulated: ([^.]+)\.", " ".join(text.split()))
+    assert found, "no 'Not emulated:' sentence"
+    return found[1]
+
+
+def test_the_docs_and_the_module_name_the_same_gaps_and_their_settings_are_refused() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "local.md").read_text()
+    assert not_emulated(docs) == not_emulated(event_source_mapping.__doc__ or "")
+    for setting in ("TumblingWindowInSeconds", "FilterCriteria", "ScalingConfig"):
+        with pytest.raises(MappingConfigError, match=setting):
+            MappingConfig.from_dict({setting: {}})
+
+
+def test_with_parallelization_a_lane_stuck_on_retries_does_not_starve_the_others(stream: Any) -> None:
+    function = ScriptedFunction(
+        lambda payloads, s: (
+            always_error(payloads, s) if any(p.startswith("stuck/") for p in payloads) else InvokeResult(None)
+        )
+    )
+    p = poller(stream, function, BatchSize=2, ParallelizationFactor=2, MaximumRetryAttempts=-1)
+    free = next(f"free-{i}" for i in range(100) if p.lane_of(f"free-{i}") != p.lane_of("stuck"))
+    put_keyed(stream, [("stuck", f"stuck/{n}") for n in range(4)])
+    for _ in range(3):
+        p.step()  # the stuck lane fails again and again, holding more than a batch
+    put_keyed(stream, [(free, f"free/{n}") for n in range(3)])
+    for _ in range(6):
+        p.step()
+    delivered = [payload for batch in function.batches for payload in batch]
+    assert [d for d in delivered if d.startswith("free/")] == ["free/0", "free/1", "free/2"]

@@ -3,6 +3,7 @@
 import os
 import time
 
+print(f"handlers initialised in process {os.getpid()}")
 if os.environ.get("FAIL_INIT"):
     raise RuntimeError(f"init failed on purpose ({os.environ['FAIL_INIT']})")
 
@@ -17,7 +18,16 @@ def echo(event, context):
         "remaining_ms": context.get_remaining_time_in_millis(),
         "pid": os.getpid(),
         "model_uri": os.environ.get("MODEL_URI"),
+        "memory_mb": context.memory_limit_in_mb,
     }
+
+
+def chatty(event, context):
+    print(f"request {context.aws_request_id} begins")
+    for line in range(int(event.get("lines", 1))):
+        print(f"line {line:04d} " + "." * 90)
+    print("the last line")
+    return {"ok": True}
 
 
 def fail(event, context):
