@@ -8,6 +8,7 @@ ends as exactly one `Outcome`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from stream.model_loading import LoadedModel, load_model
 from stream.ride_events import (
     DeadLetter,
     KinesisRecord,
+    ModelInfo,
     PoisonRecordError,
     PredictionEvent,
     Ride,
@@ -297,12 +299,21 @@ def aws_client_config() -> Config:
 
 
 def load_configured_model(settings: Settings) -> LoadedModel:
-    """The model named by the settings; S3 is reached through boto3's standard endpoint variables."""
-    return load_model(
+    """The model named by the settings; S3 is reached through boto3's standard endpoint variables.
+    MODEL_VERSION and MODEL_RUN_ID (set by deploy for a registry model) name it in every event."""
+    model = load_model(
         settings.model_uri,
         settings.model_cache_dir,
         s3_client_factory=lambda: boto3.client("s3", config=aws_client_config()),
     )
+    if not (settings.model_version or settings.model_run_id):
+        return model
+    info = ModelInfo(
+        uri=model.info.uri,
+        version=settings.model_version or model.info.version,
+        run_id=settings.model_run_id or model.info.run_id,
+    )
+    return dataclasses.replace(model, info=info)
 
 
 def build_service(settings: Settings, log: Log) -> ModelService:
