@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import boto3
 from botocore.config import Config
 
+from stream import restore_hooks
 from stream.kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
 from stream.model_loading import LoadedModel, load_model
 from stream.ride_events import (
@@ -316,10 +317,14 @@ def load_configured_model(settings: Settings) -> LoadedModel:
     return dataclasses.replace(model, info=info)
 
 
+def kinesis_client(settings: Settings) -> Any:
+    return boto3.client("kinesis", endpoint_url=settings.kinesis_endpoint_url, config=aws_client_config())
+
+
 def build_service(settings: Settings, log: Log) -> ModelService:
     """Production wiring: the model, a Kinesis client, the output and dead-letter sinks."""
     model = load_configured_model(settings)
-    kinesis = boto3.client("kinesis", endpoint_url=settings.kinesis_endpoint_url, config=aws_client_config())
+    kinesis = kinesis_client(settings)
     predictions = KinesisStreamWriter(kinesis, settings.predictions_stream, settings.put_records_retry)
     dead_letters: DeadLetterSink = (
         KinesisDeadLetters(
@@ -340,3 +345,12 @@ def build_service(settings: Settings, log: Log) -> ModelService:
     if model.version_mismatch:
         log.warning("model and runtime differ: retrain or pin", extra={"problem": model.version_mismatch})
     return ModelService(model, predictions, dead_letters, log)
+
+
+def register_restore_hooks(service: ModelService, settings: Settings) -> bool:
+    """SnapStart: after a restore, new jitter seeds and Kinesis client for the service's writers
+    (stream/restore_hooks.py). False where the runtime never restores (an image, a local run)."""
+    writers = [service.predictions]
+    if isinstance(service.dead_letters, KinesisDeadLetters):
+        writers.append(service.dead_letters.writer)
+    return restore_hooks.register(writers, lambda: kinesis_client(settings))
