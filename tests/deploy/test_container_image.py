@@ -231,6 +231,8 @@ def test_every_copy_source_exists_and_reaches_the_build_context() -> None:
         ("scripts/deploy.py", True),
         ("local_aws/kinesis_events.py", True),
         ("__pycache__/settings.cpython-311.pyc", True),
+        (".venv-3.13/lib/python3.13/site-packages/numpy/__init__.py", True),
+        ("build/ride-duration-arm64.zip", True),
         ("model/MLmodel", False),  # MODEL_DIR=model bakes it in
         ("model/model.pkl", False),
         ("lambda_function.py", False),
@@ -491,3 +493,19 @@ def test_handler_answers_from_the_image_task_root_with_only_the_runtime_set(
     assert prediction["prediction"]["ride_id"] == 256
     [letter] = read_stream(kinesis, "dead-letters")
     assert letter["reason"].startswith("data is not JSON")
+
+
+def test_renovate_moves_the_base_tag_to_newer_dates_of_the_same_python_only() -> None:
+    config = json.loads((PROJECT_ROOT / "renovate.json").read_text())
+    [rule] = [
+        r for r in config["packageRules"] if "public.ecr.aws/lambda/python" in r.get("matchPackageNames", [])
+    ]
+    # Renovate's regex versioning, in JavaScript's named-group syntax.
+    versioning = re.compile(rule["versioning"].removeprefix("regex:").replace("(?<", "(?P<"))
+    [base] = [i.arguments for i in INSTRUCTIONS if i.keyword == "FROM"]
+    current = versioning.fullmatch(base.rsplit(":", 1)[1])
+    assert current is not None
+    assert current["compatibility"] == ".".join(map(str, LAMBDA_PYTHON))  # updates keep this Python
+    assert versioning.fullmatch("3.13.2027.01.02.03")["compatibility"] == "3.13"  # type: ignore[index]
+    assert versioning.fullmatch("3.14.2027.01.02.03") is None  # another Python: never proposed
+    assert config["lockFileMaintenance"]["enabled"] is True
