@@ -6,7 +6,7 @@ cache keyed by a moving URI serves the old model after the registry moved on, so
 pinned (to `models:/name/<version>`) before the cache or a deployment sees it.
 
 This needs the tracking server and `mlflow`, which the function's runtime set leaves out (it
-would add 30 packages to the image): `scripts/deploy.py` pins and locates the model where the
+would add 33 packages to the image): `scripts/deploy.py` pins and locates the model where the
 registry is reachable, and the function loads the `s3://` location it was given. Local runs
 (web service, batch scoring, the stream handler in the dev environment) pin here, through the
 `mlflow` of the dev environment.
