@@ -33,6 +33,7 @@ from stream.ride_events import ModelInfo
 # Downloaded models kept under MODEL_CACHE_DIR, most recently used first: a Lambda container
 # loads one, a developer's machine sees a new one per training run (Lambda's /tmp is 512 MB).
 MAX_CACHED_MODELS = 3
+CACHE_ENTRY_PREFIXES = ("s3-", "mlflow-")
 
 
 class ModelLoadError(RuntimeError):
@@ -165,7 +166,8 @@ def _download_into(download_artifacts: Callable[..., str], uri: str, staging: Pa
 def keep_in_cache(entry: Path, cache_dir: Path, limit: int = MAX_CACHED_MODELS) -> Path:
     """Mark the entry as just used; remove the least recently used entries beyond the limit."""
     os.utime(entry)
-    entries = [p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    # Only this module's entries: MODEL_CACHE_DIR may be a folder other things live in (/tmp).
+    entries = [p for p in cache_dir.iterdir() if p.is_dir() and p.name.startswith(CACHE_ENTRY_PREFIXES)]
     entries.sort(key=_last_used, reverse=True)
     for stale in entries[limit:]:
         if stale != entry:

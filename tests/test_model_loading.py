@@ -254,10 +254,12 @@ def test_a_cache_entry_in_use_is_never_evicted(tmp_path: Path) -> None:
         entry.mkdir()
         os.utime(entry, (1_000_000 - age * 1000, 1_000_000 - age * 1000))
     (tmp_path / ".staging-x").mkdir()  # another process filling an entry: not an entry yet
+    (tmp_path / "someone-else").mkdir()  # MODEL_CACHE_DIR=/tmp: what else lives there stays
+    os.utime(tmp_path / "someone-else", (1, 1))
 
     keep_in_cache(entries[-1], tmp_path, limit=2)
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-x", "s3-0", "s3-4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-x", "s3-0", "s3-4", "someone-else"]
 
 
 def test_without_mlflow_a_registry_uri_says_how_to_deploy_it(
