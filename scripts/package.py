@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -140,7 +141,10 @@ def build_package(arch: str, output: Path, model_dir: Path | None = None) -> Pac
         say(
             f"installing the runtime set for python{LAMBDA_PYTHON} on {arch} (manylinux {GLIBC.replace('_', '.')})"
         )
-        subprocess.run(install_command(uv, requirements, site, arch), check=True)  # noqa: S603
+        # No bytecode: it would be compiled by this interpreter, not python3.13 (the Makefile
+        # asks uv to compile, for the virtualenvs).
+        environment = {k: v for k, v in os.environ.items() if k != "UV_COMPILE_BYTECODE"}
+        subprocess.run(install_command(uv, requirements, site, arch), check=True, env=environment)  # noqa: S603
         stripped = strip(site)
         files = list(entries(site, code_files(), model_dir))
         unzipped = sum(source.stat().st_size for _, source in files)
