@@ -273,6 +273,14 @@ def deploy(
     requested = {"Stage": stage, **deployment.requested()}
     known = template_parameters(template)
     deployed = parameters_of(before) if before is not None else None
+    package_type = (deployed or {}).get("PackageType", "Image")
+    if deployed is not None and requested.get("PackageType", package_type) != package_type:
+        # Lambda cannot change a function's package type; CloudFormation would have to replace
+        # the function, which it refuses for a named one, after minutes of rollback.
+        raise PrerequisiteError(
+            f"stack {name} has PackageType {package_type}; {requested['PackageType']} needs a new "
+            "stack (another --stage), or delete this one first"
+        )
     request = {
         "StackName": name,
         "TemplateBody": template.read_text(),

@@ -12,7 +12,7 @@ import pytest
 from botocore.stub import Stubber
 
 from scripts import deploy as deploy_script
-from scripts.deploy import Deployment, StackOperationError, deploy
+from scripts.deploy import Deployment, StackOperationError, ZipPackage, deploy
 from scripts.stack import PrerequisiteError, run
 from tests.deploy.conftest import STACK, STAGE, publish_fake_image
 
@@ -333,3 +333,21 @@ def test_a_stack_still_busy_when_the_wait_ends_is_reported_as_such(stubbed: Any)
 
     with pytest.raises(StackOperationError, match="is still UPDATE_IN_PROGRESS after 0 minutes"):
         deploy(cloudformation, STACK, STAGE, Deployment(image_uri="new"), max_minutes=0)
+
+
+def test_an_image_stack_is_not_switched_to_a_zip(client: Any, stack: dict[str, str]) -> None:
+    zip_package = ZipPackage("artifacts", "ride-duration/function.zip")
+    with pytest.raises(PrerequisiteError, match="has PackageType Image; Zip needs a new stack"):
+        deploy(client("cloudformation"), STACK, STAGE, Deployment(zip_package=zip_package))
+
+
+def test_a_zip_deployment_asks_for_the_zip_package_and_no_image() -> None:
+    requested = Deployment(zip_package=ZipPackage.from_uri("s3://artifacts/ride-duration/f.zip")).requested()
+    assert requested == {
+        "PackageType": "Zip",
+        "ZipBucket": "artifacts",
+        "ZipKey": "ride-duration/f.zip",
+        "ImageUri": "",
+    }
+    with pytest.raises(PrerequisiteError, match="--zip takes s3://<bucket>/<key>"):
+        ZipPackage.from_uri("build/ride-duration-arm64.zip")
