@@ -189,7 +189,8 @@ def resolve_base_digest(base: str, platform: str, run_command: Runner = subproce
         text=True,
     )
     repository = base.rsplit(":", 1)[0]
-    for reference in json.loads(inspected.stdout or "[]"):
+    references: list[str] = json.loads(inspected.stdout or "[]")
+    for reference in references:
         name, _, digest = reference.partition("@")
         if name == repository and DIGEST.match(digest):
             return digest
@@ -232,10 +233,10 @@ def publish(
         return image_uri_by_digest(repository_uri, existing)
     reference = f"{repository_uri}:{tag}"
     base = base_image()
-    digest = resolve_base_digest(base, PLATFORMS[arch], run_command)
-    say(f"base image {base} is {base.rsplit(':', 1)[0]}@{digest} (recorded in the image's labels)")
+    base_digest = resolve_base_digest(base, PLATFORMS[arch], run_command)
+    say(f"base image {base} is {base.rsplit(':', 1)[0]}@{base_digest} (recorded in the image's labels)")
     say(f"building {reference} for {PLATFORMS[arch]}")
-    run_command(build_command(reference, model_dir, arch=arch, base=(base, digest)), check=True)
+    run_command(build_command(reference, model_dir, arch=arch, base=(base, base_digest)), check=True)
     docker_login(ecr, repository_uri.split("/", 1)[0], run_command)
     say(f"pushing {reference}")
     run_command(["docker", "push", reference], check=True)

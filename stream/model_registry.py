@@ -62,7 +62,7 @@ def pin(uri: str, client: Any | None = None) -> PinnedModel:
     # or a stage name is looked up; a version or a logged model's id is returned as it is.
     from mlflow.store.artifact.utils.models import get_model_name_and_version  # noqa: PLC0415
 
-    resolved = get_model_name_and_version(client, uri)
+    resolved = get_model_name_and_version(client, uri)  # type: ignore[no-untyped-call,unused-ignore]
     if len(resolved) == 1:  # models:/<model id>: a logged model, immutable
         return PinnedModel(uri, uri, None, client.get_logged_model(resolved[0]).source_run_id)
     name, version = resolved

@@ -58,7 +58,8 @@ def register(
 ) -> bool:
     """Register the three renewals to run after a restore; False where no runtime restores."""
     try:
-        from snapshot_restore_py import register_after_restore  # noqa: PLC0415 - Lambda's runtime has it
+        # Lambda's runtime has it; it ships no type information.
+        from snapshot_restore_py import register_after_restore  # type: ignore[import-untyped,unused-ignore]  # noqa: PLC0415
     except ImportError:  # a container image or a local run: nothing is ever restored
         return False
     register_after_restore(renew_backoff_jitter, writers)
