@@ -1,13 +1,16 @@
-# The Lambda function's container image. `make publish` builds it for linux/amd64 and pushes it
-# to ECR (docs/deploy.md). Needs Docker 23+ (BuildKit: RUN --mount).
+# The Lambda function's container image. `make publish` builds it for linux/arm64 (the default,
+# Graviton) or linux/amd64 (ARCH=x86_64) and pushes it to ECR (docs/deploy.md). Needs Docker 23+
+# (BuildKit: RUN --mount).
 #
-#   docker build --platform linux/amd64 -t ride-duration .                      # model from MODEL_URI
-#   docker build --platform linux/amd64 --build-arg MODEL_DIR=model -t ride-duration .   # model baked in
+#   docker build --platform linux/arm64 -t ride-duration .                      # model from MODEL_URI
+#   docker build --platform linux/arm64 --build-arg MODEL_DIR=model -t ride-duration .   # model baked in
 #
-# Python 3.11 like pyproject.toml, on a dated tag so that a rebuild gets the same runtime. It
-# runs Amazon Linux 2 (glibc 2.26): tests/deploy/test_container_image.py checks that every
-# locked runtime package has a wheel for it.
-FROM public.ecr.aws/lambda/python:3.11.2024.11.22.15
+# Lambda's python3.13 on Amazon Linux 2023 (glibc 2.34), supported until 2029-06-30, on a dated
+# tag so that a rebuild gets the same runtime; the tag is multi-architecture, and `make publish`
+# records the digest it resolves to in the image's labels. Renovate moves the tag
+# (renovate.json). tests/deploy/test_container_image.py checks that every locked runtime
+# package has a wheel for it on both architectures.
+FROM public.ecr.aws/lambda/python:3.13.2026.06.05.14
 
 # The lock's runtime set and nothing else (`make requirements` writes the file from uv.lock):
 # hashes checked, wheels only, as the image has no compiler. pip compiles their bytecode.

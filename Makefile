@@ -1,11 +1,20 @@
-# Everything runs from a virtualenv built from uv.lock; only Python 3.11 and make are needed.
+# Everything runs from a virtualenv built from uv.lock; only Python (3.11 to 3.13) and make are
+# needed. `python3` from PATH builds .venv; PYTHON=python3.13 (any command) picks another
+# interpreter, which gets a virtualenv of its own (.venv-3.13), so .venv is never rebuilt for it.
 PYTHON ?= python3
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 UV_VERSION := 0.13.9
-VENV := .venv
+VENV := $(if $(filter command line environment,$(origin PYTHON)),.venv-$(PYTHON_VERSION),.venv)
 UV := .tools/bin/uv
 BIN := $(VENV)/bin
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# uv uses exactly the interpreter named here, never one it downloads: a user who named one gets
+# that one (or the error below), and CI and these machines cannot download one anyway.
 export UV_PYTHON_DOWNLOADS := never
+# Expanded only by the recipes that build .tools or a virtualenv: one line, then make stops.
+PYTHON_HELP := this project needs Python 3.11 to 3.13; pick one with PYTHON=, e.g. make setup PYTHON=python3.12
+check-python = $(if $(filter $(SUPPORTED_PYTHONS),$(PYTHON_VERSION)),,$(error $(PYTHON) is $(or $(PYTHON_VERSION),not found): $(PYTHON_HELP)))
 # Compile .pyc at install: this machine sets PYTHONDONTWRITEBYTECODE=1, so otherwise every
 # process (tests, moto server, the function) recompiles scipy, sklearn and boto3 from source.
 export UV_COMPILE_BYTECODE := 1
@@ -17,11 +26,11 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(UV):
-	$(PYTHON) -m venv .tools
+	$(check-python)$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.installed: uv.lock pyproject.toml | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(check-python)$(UV) sync --frozen --python $(PYTHON)
 	@touch $@
 
 setup: $(VENV)/.installed  ## create .venv from the lock file (runtime + all groups)
@@ -34,7 +43,7 @@ up: setup  ## start the local pipeline and keep it running; restarts the functio
 
 test: lint unit deploy-checks integration  ## everything CI runs: lint, unit, deploy checks, end-to-end
 
-unit: setup  ## the unit suite: fast, in-process and on loopback (tests/, without tests/deploy)
+unit: setup  ## the unit suite: fast, in-process and on loopback (PYTHON=python3.13: with that Python)
 	$(BIN)/python -m pytest tests --ignore=tests/deploy
 
 deploy-checks: setup  ## the image, template and deploy scripts without Docker or AWS (tests/deploy)
@@ -61,18 +70,23 @@ train: setup  ## train on synthetic data (or ARGS="--train file.parquet"), expor
 lock: | $(UV)  ## re-resolve uv.lock after editing pyproject.toml
 	$(UV) lock --python $(PYTHON)
 
-clean:  ## remove the virtualenvs, MLflow store and exported model
-	rm -rf $(VENV) .tools .mlflow model data .local-aws .bench .pytest_cache .ruff_cache
+clean:  ## remove the virtualenvs, MLflow store, exported model and packages
+	rm -rf .venv .venv-3.* .tools .mlflow model data build .local-aws .bench .pytest_cache .ruff_cache
 
 # --- Deploy to AWS (docs/deploy.md): STAGE names the stack, ride-duration-$(STAGE) ---
 STAGE ?= dev
-.PHONY: requirements publish deploy smoke invoke
+# The function's architecture: arm64 (Graviton, about 20 % cheaper per GB-second) or x86_64.
+ARCH ?= arm64
+.PHONY: requirements publish package deploy smoke invoke
 
 requirements: | $(UV)  ## requirements-lambda.txt from uv.lock: the runtime set the image installs
 	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
 
-publish: setup  ## build the image, push it to ECR, print it by digest (MODEL_DIR=model bakes ./model in)
-	$(BIN)/python -m scripts.publish $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
+publish: setup  ## build the image for ARCH (arm64), push it to ECR, print it by digest (MODEL_DIR=model bakes ./model in)
+	$(BIN)/python -m scripts.publish --arch $(ARCH) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
+
+package: setup  ## the deployment zip for ARCH (arm64) in build/, for PackageType Zip with SnapStart (MODEL_DIR=model adds ./model)
+	$(BIN)/python -m scripts.package --arch $(ARCH) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
 
 deploy: setup  ## create or update the stack: IMAGE=<uri@sha256:...> (first time), MODEL_URI=s3://...
 	$(BIN)/python -m scripts.deploy --stage $(STAGE) $(if $(IMAGE),--image-uri $(IMAGE)) $(if $(MODEL_URI),--model-uri $(MODEL_URI)) $(ARGS)

@@ -8,6 +8,7 @@ ends as exactly one `Outcome`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter
@@ -19,12 +20,14 @@ from typing import Any, Protocol
 import boto3
 from botocore.config import Config
 
+from stream import restore_hooks
 from stream.kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
 from stream.model_loading import LoadedModel, load_model
 from stream.ride_events import (
     MAX_LOGGED_DEAD_LETTER_DATA_CHARS,
     DeadLetter,
     KinesisRecord,
+    ModelInfo,
     PoisonRecordError,
     PredictionEvent,
     Ride,
@@ -303,18 +306,31 @@ def aws_client_config() -> Config:
 
 
 def load_configured_model(settings: Settings) -> LoadedModel:
-    """The model named by the settings; S3 is reached through boto3's standard endpoint variables."""
-    return load_model(
+    """The model named by the settings; S3 is reached through boto3's standard endpoint variables.
+    MODEL_VERSION and MODEL_RUN_ID (set by deploy for a registry model) name it in every event."""
+    model = load_model(
         settings.model_uri,
         settings.model_cache_dir,
         s3_client_factory=lambda: boto3.client("s3", config=aws_client_config()),
     )
+    if not (settings.model_version or settings.model_run_id):
+        return model
+    info = ModelInfo(
+        uri=model.info.uri,
+        version=settings.model_version or model.info.version,
+        run_id=settings.model_run_id or model.info.run_id,
+    )
+    return dataclasses.replace(model, info=info)
+
+
+def kinesis_client(settings: Settings) -> Any:
+    return boto3.client("kinesis", endpoint_url=settings.kinesis_endpoint_url, config=aws_client_config())
 
 
 def build_service(settings: Settings, log: Log) -> ModelService:
     """Production wiring: the model, a Kinesis client, the output and dead-letter sinks."""
     model = load_configured_model(settings)
-    kinesis = boto3.client("kinesis", endpoint_url=settings.kinesis_endpoint_url, config=aws_client_config())
+    kinesis = kinesis_client(settings)
     predictions = KinesisStreamWriter(kinesis, settings.predictions_stream, settings.put_records_retry)
     dead_letters: DeadLetterSink = (
         KinesisDeadLetters(
@@ -335,3 +351,12 @@ def build_service(settings: Settings, log: Log) -> ModelService:
     if model.version_mismatch:
         log.warning("model and runtime differ: retrain or pin", extra={"problem": model.version_mismatch})
     return ModelService(model, predictions, dead_letters, log, ride_types(settings.ride_bounds).event)
+
+
+def register_restore_hooks(service: ModelService, settings: Settings) -> bool:
+    """SnapStart: after a restore, new jitter seeds and Kinesis client for the service's writers
+    (stream/restore_hooks.py). False where the runtime never restores (an image, a local run)."""
+    writers = [service.predictions]
+    if isinstance(service.dead_letters, KinesisDeadLetters):
+        writers.append(service.dead_letters.writer)
+    return restore_hooks.register(writers, lambda: kinesis_client(settings))

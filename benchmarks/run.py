@@ -304,7 +304,8 @@ def build_venv(name: str, populate: Callable[[Path, dict[str, str]], None]) -> P
     """A bytecode-compiled virtualenv under .bench/, as the image would have it."""
     venv = VENVS / name
     stamp = venv / ".built-from-lock"
-    digest = hashlib.sha256((ROOT / "uv.lock").read_bytes()).hexdigest()
+    # The lock and the interpreter (make bench PYTHON=python3.13 measures Lambda's Python).
+    digest = hashlib.sha256((ROOT / "uv.lock").read_bytes() + sys.version.encode()).hexdigest()
     if not (stamp.exists() and stamp.read_text() == str(digest)):
         subprocess.run(["rm", "-rf", str(venv)], check=True)
         env = {**os.environ, "UV_COMPILE_BYTECODE": "1", "UV_PYTHON_DOWNLOADS": "never"}

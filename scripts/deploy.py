@@ -2,17 +2,23 @@
 
     python -m scripts.deploy --stage dev --image-uri <uri@sha256:...>        # first time
     python -m scripts.deploy --stage dev --model-uri s3://<bucket>/models/<name>/   # promote a model
+    python -m scripts.deploy --stage dev --model-uri models:/ride-duration@champion # ... from the registry
+    python -m scripts.deploy --stage dev --zip s3://<bucket>/<key>.zip              # a zip package instead
     python -m scripts.deploy --stage dev --image-uri <previous uri@sha256:...>     # roll back code
 
 What is not given keeps its deployed value (ImageUri, ModelUri and every template parameter),
 so a deploy changes only what it names. It prints what changed and the command that undoes it.
 The image must be in ECR by digest (`make publish` prints it); an s3:// model must be under the
-stack's model prefix (the only place the function may read) and hold an MLmodel file.
+stack's model prefix (the only place the function may read) and hold an MLmodel file. A runs:/
+or models:/ URI is resolved here, through MLFLOW_TRACKING_URI, to the model's s3:// location,
+registry version and run id (the function has no mlflow and no tracking server): a moving alias
+is pinned to the version it names now.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +43,7 @@ from scripts.stack import (
     say,
     session,
 )
+from stream.model_registry import RegistryUnavailableError, artifact_location, is_registry_uri, pin
 
 # A stack whose status ends so is being changed; one in NEEDS_DELETE cannot be updated at all.
 BUSY = "_IN_PROGRESS"
@@ -49,20 +56,87 @@ class StackOperationError(ScriptError):
 
 
 @dataclass(frozen=True)
+class ModelSource:
+    """What the function loads (s3:// or a path in the package) and what names it in events."""
+
+    uri: str
+    version: str = ""
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class ZipPackage:
+    """A deployment zip in S3 (`make package`, then uploaded)."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def from_uri(cls, uri: str) -> ZipPackage:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
+            raise PrerequisiteError(
+                f"--zip takes s3://<bucket>/<key> of an uploaded `make package` zip, got {uri!r}"
+            )
+        return cls(parsed.netloc, parsed.path.lstrip("/"))
+
+
+@dataclass(frozen=True)
 class Deployment:
-    """What a deploy asks for: ImageUri and ModelUri, plus other template parameters."""
+    """What a deploy asks for: the code (ImageUri or a zip), the model, other template parameters."""
 
     image_uri: str | None = None
     model_uri: str | None = None
     overrides: tuple[tuple[str, str], ...] = ()
+    model: ModelSource | None = None  # model_uri with its version and run id, once resolved
+    zip_package: ZipPackage | None = None
 
     def requested(self) -> dict[str, str]:
-        values = dict(self.overrides)
+        values: dict[str, str] = {}
+        model = self.model or (ModelSource(self.model_uri) if self.model_uri else None)
+        if model:
+            # Always all three: a plain s3:// model must not keep the previous model's version.
+            values |= {"ModelUri": model.uri, "ModelVersion": model.version, "ModelRunId": model.run_id}
+        values |= dict(self.overrides)
         if self.image_uri:
-            values["ImageUri"] = self.image_uri
-        if self.model_uri:
-            values["ModelUri"] = self.model_uri
+            values |= {"ImageUri": self.image_uri, "PackageType": "Image"}
+        if self.zip_package:
+            values |= {
+                "PackageType": "Zip",
+                "ZipBucket": self.zip_package.bucket,
+                "ZipKey": self.zip_package.key,
+                "ImageUri": "",
+            }
         return values
+
+
+def resolve_model(model_uri: str, client: Any | None = None) -> ModelSource:
+    """A runs:/ or models:/ URI as the function can load it: the pinned model's s3:// location,
+    version and run id. Anything else is taken as it is."""
+    if not is_registry_uri(model_uri):
+        return ModelSource(model_uri)
+    if client is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        from scripts.train import DEFAULT_TRACKING_URI  # noqa: PLC0415 - pandas: only when needed
+
+        os.environ["MLFLOW_TRACKING_URI"] = DEFAULT_TRACKING_URI  # where `make train` registers
+    try:
+        pinned = pin(model_uri, client)
+        location = artifact_location(pinned, client)
+    except RegistryUnavailableError as error:
+        raise PrerequisiteError(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - MlflowException and the store's errors: name them
+        raise PrerequisiteError(
+            f"cannot resolve {model_uri} (MLFLOW_TRACKING_URI={os.environ.get('MLFLOW_TRACKING_URI', '(unset)')}): "
+            f"{getattr(error, 'message', error)}"
+        ) from None
+    say(f"{model_uri} is {pinned.pinned_uri} (run {pinned.run_id}), stored at {location}")
+    if urlparse(location).scheme != "s3":
+        raise PrerequisiteError(
+            f"{model_uri} is stored at {location}, which the function cannot read: train with "
+            "--artifact-location s3://<ModelBucketName>/models/mlflow, or upload the model directory "
+            "under the stack's ModelPrefixUri and deploy its s3:// URI"
+        )
+    return ModelSource(location.rstrip("/") + "/", pinned.version or "", pinned.run_id or "")
 
 
 def template_parameters(template: Path) -> set[str]:
@@ -104,13 +178,8 @@ def check_image(ecr: Any, image_uri: str, account: str, region: str) -> None:
 
 def check_model_uri(s3: Any, model_uri: str, outputs: dict[str, str] | None) -> None:
     """An s3:// model must be where the function may read it, and be an MLflow model. A path is
-    one inside the image; runs:/ and models:/ need a tracking server this stack does not give."""
+    one inside the image or zip; runs:/ and models:/ are resolved to s3:// before (resolve_model)."""
     scheme = urlparse(model_uri).scheme
-    if scheme in ("runs", "models"):
-        raise PrerequisiteError(
-            f"{model_uri}: the function has no MLflow tracking server to resolve it; upload the model "
-            "under the stack's ModelPrefixUri and deploy its s3:// URI"
-        )
     if scheme != "s3":
         return
     if outputs is None:
@@ -130,6 +199,19 @@ def check_model_uri(s3: Any, model_uri: str, outputs: dict[str, str] | None) -> 
             raise PrerequisiteError(
                 f"no MLmodel file at s3://{parsed.netloc}/{key}: upload the model directory first "
                 f"(aws s3 sync model {model_uri.rstrip('/')}/)"
+            ) from None
+        raise
+
+
+def check_zip(s3: Any, package: ZipPackage) -> None:
+    """The zip must be in S3 (Lambda would fail the deploy minutes later otherwise)."""
+    try:
+        s3.head_object(Bucket=package.bucket, Key=package.key)
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+            raise PrerequisiteError(
+                f"no zip at s3://{package.bucket}/{package.key}: `make package`, then "
+                f"aws s3 cp build/<the zip> s3://{package.bucket}/{package.key}"
             ) from None
         raise
 
@@ -183,14 +265,22 @@ def deploy(
                 f"stack {name} is {status} and cannot be updated: delete it with "
                 f"`aws cloudformation delete-stack --stack-name {name}` and deploy again"
             )
-    elif not deployment.image_uri:
+    elif not (deployment.image_uri or deployment.zip_package):
         raise PrerequisiteError(
-            f"stack {name} does not exist yet: pass --image-uri (what `make publish` printed)"
+            f"stack {name} does not exist yet: pass --image-uri (what `make publish` printed) or --zip"
         )
 
     requested = {"Stage": stage, **deployment.requested()}
     known = template_parameters(template)
     deployed = parameters_of(before) if before is not None else None
+    package_type = (deployed or {}).get("PackageType", "Image")
+    if deployed is not None and requested.get("PackageType", package_type) != package_type:
+        # Lambda cannot change a function's package type; CloudFormation would have to replace
+        # the function, which it refuses for a named one, after minutes of rollback.
+        raise PrerequisiteError(
+            f"stack {name} has PackageType {package_type}; {requested['PackageType']} needs a new "
+            "stack (another --stage), or delete this one first"
+        )
     request = {
         "StackName": name,
         "TemplateBody": template.read_text(),
@@ -231,16 +321,31 @@ def report(stage: str, before: dict[str, Any] | None, after: dict[str, Any]) -> 
     old = parameters_of(before) if before else {}
     new = parameters_of(after)
     lines = []
-    for key in ("ImageUri", "ModelUri"):
+    keys = (
+        ("ImageUri", "ZipKey", "ModelUri", "ModelVersion")
+        if new.get("PackageType") == "Zip"
+        else ("ImageUri", "ModelUri", "ModelVersion")
+    )
+    for key in keys:
         if old.get(key) != new.get(key):
             lines.append(f"{key}: {old.get(key, '(new stack)')} -> {new.get(key)}")
         else:
             lines.append(f"{key}: {new.get(key)} (unchanged)")
-    if before and any(old.get(k) != new.get(k) for k in ("ImageUri", "ModelUri")):
-        lines.append(
-            f"roll back with: make deploy STAGE={stage} IMAGE={old['ImageUri']} MODEL_URI={old['ModelUri']}"
-        )
+    if before and any(old.get(k) != new.get(k) for k in keys):
+        lines.append(f"roll back with: {rollback_command(stage, old)}")
     return lines
+
+
+def rollback_command(stage: str, old: dict[str, str]) -> str:
+    """The deploy that restores the previous code and model, with the model's version and run."""
+    if old.get("PackageType") == "Zip":
+        command = f"make deploy STAGE={stage} MODEL_URI={old['ModelUri']}"
+        arguments = [f"--zip s3://{old['ZipBucket']}/{old['ZipKey']}"]
+    else:
+        command = f"make deploy STAGE={stage} IMAGE={old['ImageUri']} MODEL_URI={old['ModelUri']}"
+        arguments = []
+    arguments += [f"--parameter {key}={old[key]}" for key in ("ModelVersion", "ModelRunId") if old.get(key)]
+    return command + (f' ARGS="{" ".join(arguments)}"' if arguments else "")
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -260,7 +365,13 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--image-uri", help="ECR image by digest (required to create the stack)")
     result.add_argument(
         "--model-uri",
-        help="MODEL_URI of the function: s3://<bucket>/models/<name>/ or /opt/ml/model (the baked model)",
+        help="MODEL_URI of the function: s3://<bucket>/models/<name>/, /opt/ml/model (the baked model), "
+        "or runs:/ and models:/ (resolved here through MLFLOW_TRACKING_URI to their s3:// location)",
+    )
+    result.add_argument(
+        "--zip",
+        metavar="S3_URI",
+        help="deploy this `make package` zip (uploaded to S3) instead of an image: python3.13 with SnapStart",
     )
     result.add_argument(
         "--parameter",
@@ -284,12 +395,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     cloudformation = aws.client("cloudformation")
     name = chosen_stack_name(args)
     say(f"account {account}, region {aws.region_name}, stack {name}")
+    if args.image_uri and args.zip:
+        raise PrerequisiteError("pass --image-uri or --zip, not both")
     if args.image_uri:
         check_image(aws.client("ecr"), args.image_uri, account, aws.region_name)
+    zip_package = ZipPackage.from_uri(args.zip) if args.zip else None
+    if zip_package:
+        check_zip(aws.client("s3"), zip_package)
+    model = None
     if args.model_uri:
+        model = resolve_model(args.model_uri)
         existing = describe_stack(cloudformation, name)
-        check_model_uri(aws.client("s3"), args.model_uri, outputs_of(existing) if existing else None)
-    deployment = Deployment(args.image_uri, args.model_uri, tuple(args.parameter))
+        check_model_uri(aws.client("s3"), model.uri, outputs_of(existing) if existing else None)
+    deployment = Deployment(
+        args.image_uri, model.uri if model else None, tuple(args.parameter), model, zip_package
+    )
     before, after = deploy(
         cloudformation, name, args.stage, deployment, template=args.template, max_minutes=args.max_minutes
     )

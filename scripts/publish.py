@@ -1,11 +1,15 @@
 """Build the Lambda image and push it to ECR under an immutable tag; print it by digest.
 
-    python -m scripts.publish                       # model from MODEL_URI at run time
+    python -m scripts.publish                       # arm64 (Graviton); model from MODEL_URI at run time
+    python -m scripts.publish --arch x86_64         # for an x86_64 function
     python -m scripts.publish --model-dir model     # bake `make train`'s ./model into the image
 
-The tag is the commit (`git rev-parse HEAD`), with a fingerprint of the baked model if any, so
-an image says what it holds; the repository refuses to move a tag (IMMUTABLE), and a tag
-already published is not built again.
+The tag is the commit (`git rev-parse HEAD`) and the architecture, with a fingerprint of the
+baked model if any, so an image says what it holds; the repository refuses to move a tag
+(IMMUTABLE), and a tag already published is not built again. The base image (the Dockerfile's
+FROM, a dated tag) is pulled first and its digest is recorded in the image's labels
+(org.opencontainers.image.base.digest) and printed: the registry cannot be reached where the
+Dockerfile is written, so the digest is learned where the image is built.
 The last line on stdout is the image URI by digest, what `scripts.deploy --image-uri` takes.
 One repository serves every stage: promoting to prod deploys the digest that ran in dev.
 Needs Docker 23+ (BuildKit) with a running engine, and AWS credentials.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -27,8 +32,10 @@ from typing import Any
 from scripts.stack import PROJECT_ROOT, PrerequisiteError, caller_account, run, say, session
 
 DEFAULT_REPOSITORY = "ride-duration"
-# Lambda runs the function on x86_64 (infra/template.yaml, Architectures).
-PLATFORM = "linux/amd64"
+# Lambda's architecture names (infra/template.yaml, Architecture) and Docker's platforms for them.
+PLATFORMS = {"arm64": "linux/arm64", "x86_64": "linux/amd64"}
+DEFAULT_ARCH = "arm64"  # Graviton: about 20 % cheaper per GB-second
+DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 IMAGE_BY_DIGEST = re.compile(
     r"^(?P<registry>(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com)"
@@ -83,10 +90,12 @@ def model_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def image_tag(commit: str, dirty: bool, model: str | None = None, now: datetime | None = None) -> str:
-    """The commit, plus the baked model's fingerprint (./model is not in git), plus the time for a
-    dirty tree (the commit alone would not describe the code)."""
-    tag = commit if model is None else f"{commit}-model-{model}"
+def image_tag(
+    commit: str, dirty: bool, model: str | None = None, now: datetime | None = None, arch: str = DEFAULT_ARCH
+) -> str:
+    """The commit and architecture, plus the baked model's fingerprint (./model is not in git), plus
+    the time for a dirty tree (the commit alone would not describe the code)."""
+    tag = f"{commit}-{arch}" if model is None else f"{commit}-{arch}-model-{model}"
     if dirty:
         tag += "-dirty-" + (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     return tag
@@ -159,10 +168,49 @@ def docker_login(ecr: Any, registry: str, run_command: Runner = subprocess.run) 
     )
 
 
-def build_command(reference: str, model_dir: str | None, root: Path = PROJECT_ROOT) -> list[str]:
-    command = ["docker", "build", "--platform", PLATFORM, "--tag", reference]
+def base_image(dockerfile: Path = DOCKERFILE) -> str:
+    """The image the Dockerfile builds FROM (one stage, a dated tag)."""
+    [base] = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("FROM ")]
+    return base
+
+
+def resolve_base_digest(base: str, platform: str, run_command: Runner = subprocess.run) -> str:
+    """Pull the base image for the platform; its digest in the registry (sha256:...)."""
+    run_command(
+        ["docker", "pull", "--quiet", "--platform", platform, base],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    inspected = run_command(
+        ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", base],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    repository = base.rsplit(":", 1)[0]
+    references: list[str] = json.loads(inspected.stdout or "[]")
+    for reference in references:
+        name, _, digest = reference.partition("@")
+        if name == repository and DIGEST.match(digest):
+            return digest
+    raise PrerequisiteError(f"docker pulled {base} but reports no digest for it: {inspected.stdout.strip()}")
+
+
+def build_command(
+    reference: str,
+    model_dir: str | None,
+    root: Path = PROJECT_ROOT,
+    arch: str = DEFAULT_ARCH,
+    base: tuple[str, str] | None = None,
+) -> list[str]:
+    command = ["docker", "build", "--platform", PLATFORMS[arch], "--tag", reference]
     # Lambda rejects the image index (with attestations) that BuildKit makes by default.
     command += ["--provenance=false"]
+    if base:  # OCI's annotation keys for what the image was built on
+        name, digest = base
+        command += ["--label", f"org.opencontainers.image.base.name={name}"]
+        command += ["--label", f"org.opencontainers.image.base.digest={digest}"]
     if model_dir:
         command += ["--build-arg", f"MODEL_DIR={model_dir}"]
     return [*command, str(root)]
@@ -174,6 +222,8 @@ def publish(
     tag: str,
     model_dir: str | None,
     run_command: Runner = subprocess.run,
+    *,
+    arch: str = DEFAULT_ARCH,
 ) -> str:
     """Build and push unless this tag exists; the image URI by digest."""
     repository_uri = ensure_repository(ecr, repository)
@@ -182,8 +232,11 @@ def publish(
         say(f"{repository}:{tag} is already published; not building it again")
         return image_uri_by_digest(repository_uri, existing)
     reference = f"{repository_uri}:{tag}"
-    say(f"building {reference}")
-    run_command(build_command(reference, model_dir), check=True)
+    base = base_image()
+    base_digest = resolve_base_digest(base, PLATFORMS[arch], run_command)
+    say(f"base image {base} is {base.rsplit(':', 1)[0]}@{base_digest} (recorded in the image's labels)")
+    say(f"building {reference} for {PLATFORMS[arch]}")
+    run_command(build_command(reference, model_dir, arch=arch, base=(base, base_digest)), check=True)
     docker_login(ecr, repository_uri.split("/", 1)[0], run_command)
     say(f"pushing {reference}")
     run_command(["docker", "push", reference], check=True)
@@ -203,6 +256,12 @@ def parser() -> argparse.ArgumentParser:
         "--repository", default=DEFAULT_REPOSITORY, help="ECR repository (default: %(default)s)"
     )
     result.add_argument("--model-dir", type=Path, help="bake this MLflow model directory into the image")
+    result.add_argument(
+        "--arch",
+        choices=sorted(PLATFORMS),
+        default=DEFAULT_ARCH,
+        help="the function's architecture (default: %(default)s; the stack's Architecture must match)",
+    )
     result.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION, or the profile's region)")
     result.add_argument(
         "--allow-dirty",
@@ -222,12 +281,12 @@ def main(argv: Sequence[str] | None = None, run_command: Runner = subprocess.run
             "Commit first, or pass --allow-dirty"
         )
     fingerprint = model_fingerprint(PROJECT_ROOT / model_dir) if model_dir else None
-    tag = image_tag(git_commit(run_command), dirty, fingerprint)
+    tag = image_tag(git_commit(run_command), dirty, fingerprint, arch=args.arch)
     require_docker(run_command)
     aws = session(args)
     account = caller_account(aws.client("sts"))
     say(f"account {account}, region {aws.region_name}")
-    print(publish(aws.client("ecr"), args.repository, tag, model_dir, run_command))
+    print(publish(aws.client("ecr"), args.repository, tag, model_dir, run_command, arch=args.arch))
     return 0
 
 

@@ -98,6 +98,10 @@ class KinesisStreamWriter:
         self._sleep = sleep
         self._rng = rng or random.Random()
 
+    def renew_jitter(self) -> None:
+        """A new seed from the OS (SnapStart: restored copies must not back off in step)."""
+        self._rng.seed()
+
     def put(self, records: Sequence[OutputRecord]) -> WriteResult:
         result = WriteResult()
         for chunk in chunk_records(records):

@@ -1,11 +1,13 @@
-"""Load the ride-duration model once per container, from any MLflow model URI.
+"""Load the ride-duration model once per container, from a local directory or `s3://` prefix.
 
 Fast path (the usual case): an MLflow model whose `sklearn` flavour was saved with pickle,
 cloudpickle or skops is read directly from its `MLmodel` file and deserialised, and an
-`s3://` model is fetched with boto3. `mlflow` itself is imported only for `runs:/` and
-`models:/` URIs (they need the tracking server) and for other flavours (`mlflow.pyfunc`).
-Measured on this project's model (benchmarks/README.md): importing `mlflow.pyfunc` alone
-costs about 2 s of cold start, as much again as scikit-learn itself.
+`s3://` model is fetched with boto3. `mlflow` is not in the function's runtime set: `runs:/`
+and `models:/` URIs are pinned and located by `scripts/deploy.py`, and load here only where
+mlflow is installed (the dev environment, `stream/model_registry.py`); other flavours need
+`mlflow.pyfunc`. Measured on this project's model (benchmarks/README.md): importing
+`mlflow.pyfunc` alone costs about 2 s of cold start, as much again as scikit-learn itself.
+Downloaded models are kept under the cache directory, the most recently used few only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from urllib.parse import urlparse
 
 import yaml
 
+from stream.model_registry import RegistryUnavailableError, is_registry_uri, pin
 from stream.ride_events import ModelInfo
+
+# Downloaded models kept under MODEL_CACHE_DIR, most recently used first: a Lambda container
+# loads one, a developer's machine sees a new one per training run (Lambda's /tmp is 512 MB).
+MAX_CACHED_MODELS = 3
+CACHE_ENTRY_PREFIXES = ("s3-", "mlflow-")
 
 
 class ModelLoadError(RuntimeError):
@@ -95,8 +103,9 @@ def fetch_model_dir(
     if scheme == "s3":
         if s3_client_factory is None:
             raise ModelLoadError(uri, "no S3 client available")
-        return download_s3_model(s3_client_factory(), uri, cache_dir), None
-    return download_with_mlflow(uri, cache_dir)
+        return keep_in_cache(download_s3_model(s3_client_factory(), uri, cache_dir), cache_dir), None
+    local_dir, version = download_with_mlflow(uri, cache_dir)
+    return keep_in_cache(local_dir, cache_dir), version
 
 
 def download_s3_model(client: Any, uri: str, cache_dir: Path) -> Path:
@@ -149,16 +158,23 @@ def model_files(uri: str, prefix: str, objects: list[dict[str, Any]]) -> list[di
 
 
 def download_with_mlflow(uri: str, cache_dir: Path) -> tuple[Path, str | None]:
-    """runs:/, models:/ and any other scheme MLflow knows, through MLflow's own resolution."""
-    from mlflow.artifacts import download_artifacts  # noqa: PLC0415 - keeps mlflow off the fast path
-
+    """runs:/, models:/ and any other scheme MLflow knows, pinned first: a cache entry is named by
+    what never changes (models:/name/<version>), never by an alias, 'latest' or a stage."""
+    try:
+        pinned = pin(uri) if is_registry_uri(uri) else None
+        from mlflow.artifacts import download_artifacts  # noqa: PLC0415 - mlflow is dev-only
+    except RegistryUnavailableError as error:
+        raise ModelLoadError(uri, str(error)) from None
+    except ImportError as error:
+        raise ModelLoadError(uri, f"only directories and s3:// load without mlflow ({error})") from None
     # A progress bar per file is noise in CloudWatch logs.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    resolved = resolve_registry_alias(uri)
-    target = cache_dir / ("mlflow-" + hashlib.sha256(resolved.encode()).hexdigest()[:24])
+    immutable = pinned.pinned_uri if pinned else uri
+    target = cache_dir / ("mlflow-" + hashlib.sha256(immutable.encode()).hexdigest()[:24])
     if not target.is_dir():
-        _populate(target, lambda staging: _download_into(download_artifacts, resolved, staging))
-    return target, read_registry_version(target) or _version_in_uri(resolved)
+        _populate(target, lambda staging: _download_into(download_artifacts, immutable, staging))
+    version = pinned.version if pinned else None
+    return target, version or read_registry_version(target) or _version_in_uri(immutable)
 
 
 def _download_into(download_artifacts: Callable[..., str], uri: str, staging: Path) -> None:
@@ -169,15 +185,23 @@ def _download_into(download_artifacts: Callable[..., str], uri: str, staging: Pa
         downloaded.rmdir()
 
 
-def resolve_registry_alias(uri: str) -> str:
-    """models:/name@alias -> models:/name/<version>: an alias may move, a version never does."""
-    if not uri.startswith("models:/") or "@" not in uri:
-        return uri
-    from mlflow import MlflowClient  # noqa: PLC0415
+def keep_in_cache(entry: Path, cache_dir: Path, limit: int = MAX_CACHED_MODELS) -> Path:
+    """Mark the entry as just used; remove the least recently used entries beyond the limit."""
+    os.utime(entry)
+    # Only this module's entries: MODEL_CACHE_DIR may be a folder other things live in (/tmp).
+    entries = [p for p in cache_dir.iterdir() if p.is_dir() and p.name.startswith(CACHE_ENTRY_PREFIXES)]
+    entries.sort(key=_last_used, reverse=True)
+    for stale in entries[limit:]:
+        if stale != entry:
+            shutil.rmtree(stale, ignore_errors=True)
+    return entry
 
-    name, alias = uri.removeprefix("models:/").split("@", 1)
-    version = MlflowClient().get_model_version_by_alias(name, alias.strip("/")).version
-    return f"models:/{name}/{version}"
+
+def _last_used(entry: Path) -> float:
+    try:
+        return entry.stat().st_mtime
+    except OSError:  # removed meanwhile by another process sharing the cache
+        return 0.0
 
 
 def _version_in_uri(uri: str) -> str | None:

@@ -22,6 +22,10 @@ class Settings:
     dead_letter_stream: str | None
     model_uri: str
     model_cache_dir: Path
+    # The registry version and run of MODEL_URI's model, for prediction events; scripts/deploy.py
+    # sets them when it resolves a runs:/ or models:/ URI to the model's s3:// location.
+    model_version: str | None
+    model_run_id: str | None
     put_records_retry: RetryPolicy
     log_level: str
     kinesis_endpoint_url: str | None
@@ -35,6 +39,8 @@ class Settings:
             dead_letter_stream=env.get("DEAD_LETTER_STREAM_NAME") or None,
             model_uri=model_uri_from_env(env),
             model_cache_dir=Path(env.get("MODEL_CACHE_DIR") or "/tmp/model-cache"),  # noqa: S108
+            model_version=env.get("MODEL_VERSION") or None,
+            model_run_id=env.get("MODEL_RUN_ID") or None,
             put_records_retry=RetryPolicy(
                 max_attempts=_int(env, "PUT_RECORDS_MAX_ATTEMPTS", 5, minimum=1),
                 base_delay=_int(env, "PUT_RECORDS_BASE_DELAY_MS", 100, minimum=0) / 1000,

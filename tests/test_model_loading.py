@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 
 from model_service import load_configured_model, ride_features
 from scripts.train import TrainedModel
-from stream.model_loading import ModelLoadError, load_model
+from stream.model_loading import MAX_CACHED_MODELS, ModelLoadError, keep_in_cache, load_model
 from stream.settings import ConfigurationError, Settings
 
 FEATURES = [ride_features(130, 205, 3.66), ride_features(1, 2, 10.0)]
@@ -233,3 +235,96 @@ def test_a_model_saved_by_another_scikit_learn_is_flagged(model_dir: Path, tmp_p
     (copy / "MLmodel").write_text(yaml.safe_dump(mlmodel))
     assert load_model(str(copy), tmp_path / "c").version_mismatch == local_model_problem(copy)
     assert local_model_problem(copy).startswith("trained with scikit-learn 0.24.2, running ")
+
+
+@pytest.mark.parametrize("form", ["alias", "latest", "stage"])
+def test_a_moving_registry_uri_is_pinned_before_the_cache(
+    form: str, trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a new version is registered, the same cache serves it, not the version cached before."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_model.tracking_uri)
+    client = MlflowClient()
+    name = f"moving-{form}"
+    client.create_registered_model(name)
+
+    def register() -> str:
+        version = str(
+            client.create_model_version(name, trained_model.artifact_uri, trained_model.run_id).version
+        )
+        if form == "alias":
+            client.set_registered_model_alias(name, "champion", version)
+        if form == "stage":
+            with pytest.warns(FutureWarning):  # stages are deprecated in MLflow 3, still served
+                client.transition_model_version_stage(name, version, "Production")
+        return version
+
+    uri = {
+        "alias": f"models:/{name}@champion",
+        "latest": f"models:/{name}/latest",
+        "stage": f"models:/{name}/Production",
+    }[form]
+    first_version = register()
+    first = load_model(uri, tmp_path)
+    second_version = register()
+
+    second = load_model(uri, tmp_path)
+
+    assert (first.info.version, second.info.version) == (first_version, second_version)
+    assert second.local_dir != first.local_dir
+    assert second.info.uri == uri
+    assert list(second.predict(FEATURES)) == list(first.predict(FEATURES))
+
+
+def test_the_cache_keeps_the_most_recently_used_models_only(s3: Any, model_dir: Path, tmp_path: Path) -> None:
+    for name in ("a", "b", "c", "d"):
+        upload_dir(s3, model_dir, "models", name)
+    cache = tmp_path / "cache"
+    loaded = {name: load_model(f"s3://models/{name}", cache, lambda: s3).local_dir for name in "abc"}
+    load_model("s3://models/a", cache, lambda: s3)  # a is used again: b is now the oldest
+
+    newest = load_model("s3://models/d", cache, lambda: s3).local_dir
+
+    assert MAX_CACHED_MODELS == 3
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        p.name for p in (loaded["a"], loaded["c"], newest)
+    )
+    assert not loaded["b"].exists()
+
+
+def test_a_cache_entry_in_use_is_never_evicted(tmp_path: Path) -> None:
+    entries = [tmp_path / f"s3-{n}" for n in range(5)]
+    for age, entry in enumerate(entries):
+        entry.mkdir()
+        os.utime(entry, (1_000_000 - age * 1000, 1_000_000 - age * 1000))
+    (tmp_path / ".staging-x").mkdir()  # another process filling an entry: not an entry yet
+    (tmp_path / "someone-else").mkdir()  # MODEL_CACHE_DIR=/tmp: what else lives there stays
+    os.utime(tmp_path / "someone-else", (1, 1))
+
+    keep_in_cache(entries[-1], tmp_path, limit=2)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-x", "s3-0", "s3-4", "someone-else"]
+
+
+def test_without_mlflow_a_registry_uri_says_how_to_deploy_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as in the function's runtime set: not installed
+    with pytest.raises(ModelLoadError) as raised:
+        load_model("models:/ride-duration@champion", tmp_path)
+    assert str(raised.value) == (
+        "cannot load model from 'models:/ride-duration@champion': runs:/ and models:/ URIs need mlflow, "
+        "which the function's runtime set leaves out: deploy with `make deploy MODEL_URI=<this uri>` "
+        "(it resolves the URI to the model's s3:// location), or run in the dev environment (make setup)"
+    )
+
+
+def test_model_version_and_run_id_from_deploy_name_the_model(model_dir: Path, tmp_path: Path) -> None:
+    env = {"MODEL_URI": str(model_dir), "MODEL_CACHE_DIR": str(tmp_path)}
+    plain = load_configured_model(Settings.from_env(env)).info
+
+    named = load_configured_model(Settings.from_env(env | {"MODEL_VERSION": "7", "MODEL_RUN_ID": "abc"})).info
+
+    assert (named.uri, named.version, named.run_id) == (plain.uri, "7", "abc")
+    assert plain.version == plain.run_id  # without them: the run id from MLmodel, as the course

@@ -28,7 +28,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from local_aws.kinesis_events import event_from_payloads
-from scripts.publish import PLATFORM
+from scripts.publish import PLATFORMS
 from scripts.stack import PROJECT_ROOT
 from tests.conftest import create_stream, read_stream
 
@@ -36,25 +36,38 @@ DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 REQUIREMENTS = PROJECT_ROOT / "requirements-lambda.txt"
 TASK_ROOT = "${LAMBDA_TASK_ROOT}"
 
-# The Python 3.11 base image is Amazon Linux 2: glibc 2.26, x86_64 (PLATFORM), CPython 3.11.
-LAMBDA_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(26, 4, -1)] + [
-    "manylinux2014_x86_64",
-    "manylinux2010_x86_64",
-    "manylinux1_x86_64",
-]
-LAMBDA_TAGS = set(cpython_tags((3, 11), abis=["cp311", "abi3", "none"], platforms=LAMBDA_PLATFORMS)) | set(
-    compatible_tags((3, 11), "cp311", LAMBDA_PLATFORMS)
-)
-LAMBDA_MARKER_ENVIRONMENT = {
-    "implementation_name": "cpython",
-    "platform_python_implementation": "CPython",
-    "python_version": "3.11",
-    "python_full_version": "3.11.10",
-    "sys_platform": "linux",
-    "platform_system": "Linux",
-    "platform_machine": "x86_64",
-    "os_name": "posix",
-}
+# The Python 3.13 base image is Amazon Linux 2023: glibc 2.34, CPython 3.13, on either of the
+# architectures `make publish ARCH=...` builds for.
+LAMBDA_PYTHON = (3, 13)
+LAMBDA_GLIBC_MINOR = 34
+ARCHITECTURES = {"arm64": "aarch64", "x86_64": "x86_64"}  # Lambda's name: the machine's
+
+
+def lambda_tags(machine: str) -> set[Tag]:
+    """Every wheel tag pip in the image accepts on this machine: glibc up to 2.34, CPython 3.13."""
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(LAMBDA_GLIBC_MINOR, 4, -1)]
+    platforms += [f"manylinux2014_{machine}"]
+    if machine == "x86_64":
+        platforms += ["manylinux2010_x86_64", "manylinux1_x86_64"]
+    abi = f"cp{LAMBDA_PYTHON[0]}{LAMBDA_PYTHON[1]}"
+    return set(cpython_tags(LAMBDA_PYTHON, abis=[abi, "abi3", "none"], platforms=platforms)) | set(
+        compatible_tags(LAMBDA_PYTHON, abi, platforms)
+    )
+
+
+def lambda_marker_environment(machine: str) -> dict[str, str]:
+    return {
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "python_version": "3.13",
+        "python_full_version": "3.13.5",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": machine,
+        "os_name": "posix",
+    }
+
+
 # What must never reach the image, whatever the lock resolves.
 DEVELOPMENT_TOOLS = {
     "pytest",
@@ -155,8 +168,10 @@ def requirements(text: str) -> list[Requirement]:
     return result
 
 
-def for_lambda(requirement: Requirement) -> bool:
-    return requirement.marker is None or Marker(str(requirement.marker)).evaluate(LAMBDA_MARKER_ENVIRONMENT)
+def for_lambda(requirement: Requirement, machine: str) -> bool:
+    return requirement.marker is None or Marker(str(requirement.marker)).evaluate(
+        lambda_marker_environment(machine)
+    )
 
 
 def uv_executable() -> str:
@@ -188,7 +203,8 @@ def test_base_image_is_the_lambda_python_image_of_the_project_on_a_dated_tag() -
     assert match, base
     requires = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert SpecifierSet(requires).contains(f"{match[1]}.0"), (match[1], requires)
-    assert PLATFORM == "linux/amd64"  # the x86_64 the wheels below are checked for
+    assert match[1] == ".".join(map(str, LAMBDA_PYTHON))  # the Python the wheels below are checked for
+    assert set(PLATFORMS) == set(ARCHITECTURES)  # the architectures they are checked for
 
 
 def test_every_copy_source_exists_and_reaches_the_build_context() -> None:
@@ -215,6 +231,8 @@ def test_every_copy_source_exists_and_reaches_the_build_context() -> None:
         ("scripts/deploy.py", True),
         ("local_aws/kinesis_events.py", True),
         ("__pycache__/settings.cpython-311.pyc", True),
+        (".venv-3.13/lib/python3.13/site-packages/numpy/__init__.py", True),
+        ("build/ride-duration-arm64.zip", True),
         ("model/MLmodel", False),  # MODEL_DIR=model bakes it in
         ("model/model.pkl", False),
         ("lambda_function.py", False),
@@ -289,22 +307,55 @@ def test_dockerfile_installs_exactly_the_requirements_file_with_hashes_and_wheel
     assert sum("pip install" in i.arguments for i in INSTRUCTIONS) == 1
 
 
-def test_every_runtime_package_has_a_wheel_for_the_lambda_image() -> None:
-    """pip in the image takes wheels only: each locked version needs one for glibc <= 2.26."""
-    lock = {
+def locked_packages() -> dict[tuple[str, str], dict[str, Any]]:
+    return {
         (canonicalize_name(p["name"]), p["version"]): p
         for p in tomllib.loads((PROJECT_ROOT / "uv.lock").read_text())["package"]
     }
+
+
+def packages_without_a_wheel(
+    wanted: list[Requirement], lock: dict[tuple[str, str], dict[str, Any]], machine: str
+) -> list[str]:
+    """The pinned requirements with no locked wheel that pip in the image takes on this machine."""
+    tags = lambda_tags(machine)
     missing = []
-    for requirement in filter(for_lambda, requirements(REQUIREMENTS.read_text())):
+    for requirement in (r for r in wanted if for_lambda(r, machine)):
         [version] = [s.version for s in requirement.specifier]
-        package = lock[(canonicalize_name(requirement.name), version)]
-        tags: set[Tag] = set()
-        for wheel in package.get("wheels", []):
-            tags |= parse_wheel_filename(wheel["url"].rsplit("/", 1)[1])[3]
-        if not tags & LAMBDA_TAGS:
+        offered: set[Tag] = set()
+        for wheel in lock[(canonicalize_name(requirement.name), version)].get("wheels", []):
+            offered |= parse_wheel_filename(wheel["url"].rsplit("/", 1)[1])[3]
+        if not offered & tags:
             missing.append(f"{requirement.name}=={version}")
-    assert missing == []
+    return missing
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_runtime_package_has_a_wheel_for_the_lambda_image(arch: str) -> None:
+    """pip in the image takes wheels only: each locked version needs one for glibc <= 2.34."""
+    wanted = requirements(REQUIREMENTS.read_text())
+    assert packages_without_a_wheel(wanted, locked_packages(), ARCHITECTURES[arch]) == []
+
+
+@pytest.mark.parametrize(
+    ("wheel", "found"),
+    [
+        ("numpy-9.9-cp313-cp313-manylinux_2_28_aarch64.whl", True),
+        ("numpy-9.9-cp313-cp313-manylinux_2_34_aarch64.whl", True),
+        ("numpy-9.9-cp313-cp313-manylinux_2_35_aarch64.whl", False),  # newer glibc than AL2023's
+        ("numpy-9.9-cp313-cp313-manylinux_2_28_x86_64.whl", False),  # another machine
+        ("numpy-9.9-cp311-cp311-manylinux_2_28_aarch64.whl", False),  # another Python
+        ("numpy-9.9.tar.gz", False),  # no wheel: the image has no compiler
+    ],
+)
+def test_the_wheel_check_sees_glibc_machine_and_python(wheel: str, found: bool) -> None:
+    lock = {
+        ("numpy", "9.9"): {"wheels": [{"url": f"https://files.example/{wheel}"}]}
+        if wheel.endswith(".whl")
+        else {}
+    }
+    missing = packages_without_a_wheel([Requirement("numpy==9.9")], lock, "aarch64")
+    assert missing == ([] if found else ["numpy==9.9"])
 
 
 def test_bytecode_is_compiled_after_the_code_is_copied() -> None:
@@ -442,3 +493,19 @@ def test_handler_answers_from_the_image_task_root_with_only_the_runtime_set(
     assert prediction["prediction"]["ride_id"] == 256
     [letter] = read_stream(kinesis, "dead-letters")
     assert letter["reason"].startswith("data is not JSON")
+
+
+def test_renovate_moves_the_base_tag_to_newer_dates_of_the_same_python_only() -> None:
+    config = json.loads((PROJECT_ROOT / "renovate.json").read_text())
+    [rule] = [
+        r for r in config["packageRules"] if "public.ecr.aws/lambda/python" in r.get("matchPackageNames", [])
+    ]
+    # Renovate's regex versioning, in JavaScript's named-group syntax.
+    versioning = re.compile(rule["versioning"].removeprefix("regex:").replace("(?<", "(?P<"))
+    [base] = [i.arguments for i in INSTRUCTIONS if i.keyword == "FROM"]
+    current = versioning.fullmatch(base.rsplit(":", 1)[1])
+    assert current is not None
+    assert current["compatibility"] == ".".join(map(str, LAMBDA_PYTHON))  # updates keep this Python
+    assert versioning.fullmatch("3.13.2027.01.02.03")["compatibility"] == "3.13"  # type: ignore[index]
+    assert versioning.fullmatch("3.14.2027.01.02.03") is None  # another Python: never proposed
+    assert config["lockFileMaintenance"]["enabled"] is True

@@ -4,6 +4,7 @@ botocore's Stubber for what moto cannot do (a failed or no-op update, a busy sta
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -11,7 +12,7 @@ import pytest
 from botocore.stub import Stubber
 
 from scripts import deploy as deploy_script
-from scripts.deploy import Deployment, StackOperationError, deploy
+from scripts.deploy import Deployment, StackOperationError, ZipPackage, deploy
 from scripts.stack import PrerequisiteError, run
 from tests.deploy.conftest import STACK, STAGE, publish_fake_image
 
@@ -83,6 +84,91 @@ def test_parameters_not_named_keep_their_deployed_values(client: Any, stack: dic
     assert mapping["BatchSize"] == 250
 
 
+class Registry:
+    """A real MLflow tracking store (sqlite) whose model versions point at S3 locations."""
+
+    def __init__(self, root: Path) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+        experiment = self.client.create_experiment("ride-duration", artifact_location=str(root / "artifacts"))
+        self.experiment = experiment
+        self.client.create_registered_model("ride-duration")
+
+    def register(self, source: str, alias: str = "champion") -> tuple[str, str]:
+        """A new version stored at `source`, with the alias moved to it: (version, run id)."""
+        run_id = self.client.create_run(self.experiment).info.run_id
+        version = self.client.create_model_version("ride-duration", source, run_id).version
+        self.client.set_registered_model_alias("ride-duration", alias, version)
+        return str(version), run_id
+
+
+def registry(root: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    store = Registry(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.client.tracking_uri)
+    return store
+
+
+def test_a_registry_alias_is_deployed_as_its_s3_location_version_and_run(
+    client: Any,
+    stack: dict[str, str],
+    image_uri: str,
+    *,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = registry(tmp_path, monkeypatch)
+    first = store.register(upload_model(client, stack, "registry-1"))
+    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", "models:/ride-duration@champion"]) == 0
+    second = store.register(upload_model(client, stack, "registry-2"))  # the alias moves on
+
+    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", "models:/ride-duration@champion"]) == 0
+
+    variables = function_config(client)["Configuration"]["Environment"]["Variables"]
+    assert variables["MODEL_URI"] == f"{stack['ModelPrefixUri']}registry-2/"
+    assert (variables["MODEL_VERSION"], variables["MODEL_RUN_ID"]) == second
+    err = capsys.readouterr().err
+    assert f"models:/ride-duration@champion is models:/ride-duration/{second[0]} (run {second[1]})" in err
+    assert (
+        f"roll back with: make deploy STAGE={STAGE} IMAGE={image_uri} "
+        f"MODEL_URI={stack['ModelPrefixUri']}registry-1/ "
+        f'ARGS="--parameter ModelVersion={first[0]} --parameter ModelRunId={first[1]}"'
+    ) in err
+
+
+def test_a_plain_s3_model_after_a_registry_one_names_no_registry_version(
+    client: Any, stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = registry(tmp_path, monkeypatch)
+    store.register(upload_model(client, stack, "registry-1"))
+    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", "models:/ride-duration/1"]) == 0
+
+    assert (
+        run(deploy_script.main, ["--stage", STAGE, "--model-uri", upload_model(client, stack, "plain")]) == 0
+    )
+
+    variables = function_config(client)["Configuration"]["Environment"]["Variables"]
+    assert (variables["MODEL_VERSION"], variables["MODEL_RUN_ID"]) == ("", "")
+
+
+def test_a_registry_model_stored_outside_s3_is_refused_naming_where_it_is(
+    client: Any,
+    stack: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = registry(tmp_path, monkeypatch)
+    _, run_id = store.register(str(tmp_path / "local-model"))
+
+    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", f"runs:/{run_id}/model"]) == 1
+
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert f"runs:/{run_id}/model is stored at {tmp_path / 'artifacts'}" in last
+    assert "which the function cannot read" in last
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -127,13 +213,21 @@ def test_a_first_deploy_without_what_it_needs_says_what_to_do(
             "{prefix}missing/",
             "no MLmodel file at s3://{bucket}/models/missing/MLmodel: upload the model directory first",
         ),
-        ("models:/ride-duration@champion", "the function has no MLflow tracking server to resolve it"),
+        ("models:/nope@champion", "cannot resolve models:/nope@champion"),
     ],
 )
 def test_a_model_the_function_could_not_load_is_refused(
-    client: Any, stack: dict[str, str], model_uri: str, message: str, capsys: pytest.CaptureFixture[str]
+    client: Any,
+    stack: dict[str, str],
+    model_uri: str,
+    message: str,
+    *,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model_uri = model_uri.replace("{prefix}", stack["ModelPrefixUri"])
+    registry(tmp_path, monkeypatch)
 
     assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", model_uri]) == 1
 
@@ -239,3 +333,21 @@ def test_a_stack_still_busy_when_the_wait_ends_is_reported_as_such(stubbed: Any)
 
     with pytest.raises(StackOperationError, match="is still UPDATE_IN_PROGRESS after 0 minutes"):
         deploy(cloudformation, STACK, STAGE, Deployment(image_uri="new"), max_minutes=0)
+
+
+def test_an_image_stack_is_not_switched_to_a_zip(client: Any, stack: dict[str, str]) -> None:
+    zip_package = ZipPackage("artifacts", "ride-duration/function.zip")
+    with pytest.raises(PrerequisiteError, match="has PackageType Image; Zip needs a new stack"):
+        deploy(client("cloudformation"), STACK, STAGE, Deployment(zip_package=zip_package))
+
+
+def test_a_zip_deployment_asks_for_the_zip_package_and_no_image() -> None:
+    requested = Deployment(zip_package=ZipPackage.from_uri("s3://artifacts/ride-duration/f.zip")).requested()
+    assert requested == {
+        "PackageType": "Zip",
+        "ZipBucket": "artifacts",
+        "ZipKey": "ride-duration/f.zip",
+        "ImageUri": "",
+    }
+    with pytest.raises(PrerequisiteError, match="--zip takes s3://<bucket>/<key>"):
+        ZipPackage.from_uri("build/ride-duration-arm64.zip")

@@ -4,6 +4,7 @@ push commands it would run, with a fake `docker` whose push puts the image into 
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from scripts.stack import PROJECT_ROOT, PrerequisiteError, run
 from tests.deploy.conftest import publish_fake_image
 
 COMMIT = "3f" * 20
+BASE_DIGEST = "sha256:" + "ab" * 32
 
 
 def git(repo: Path, *args: str) -> str:
@@ -28,11 +30,14 @@ def git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def test_tag_is_the_commit_with_the_baked_model_and_the_time_of_a_dirty_tree() -> None:
+def test_tag_is_the_commit_and_architecture_with_the_baked_model_and_the_time_of_a_dirty_tree() -> None:
     now = datetime(2026, 11, 25, 20, 30, tzinfo=UTC)
-    assert publish.image_tag(COMMIT, dirty=False) == COMMIT
-    assert publish.image_tag(COMMIT, dirty=False, model="0123456789ab") == f"{COMMIT}-model-0123456789ab"
-    assert publish.image_tag(COMMIT, dirty=True, now=now) == f"{COMMIT}-dirty-20261125T203000Z"
+    assert publish.image_tag(COMMIT, dirty=False) == f"{COMMIT}-arm64"
+    assert publish.image_tag(COMMIT, dirty=False, arch="x86_64") == f"{COMMIT}-x86_64"
+    assert (
+        publish.image_tag(COMMIT, dirty=False, model="0123456789ab") == f"{COMMIT}-arm64-model-0123456789ab"
+    )
+    assert publish.image_tag(COMMIT, dirty=True, now=now) == f"{COMMIT}-arm64-dirty-20261125T203000Z"
 
 
 def test_a_retrained_model_gets_another_fingerprint(tmp_path: Path) -> None:
@@ -164,6 +169,10 @@ class FakeDocker:
         if command[:2] == ["docker", "push"]:
             repository_uri, tag = command[2].rsplit(":", 1)
             publish_fake_image(self.ecr, repository_uri.split("/", 1)[1], tag)
+        if command[:3] == ["docker", "image", "inspect"]:  # what docker reports after a pull
+            repository = command[-1].rsplit(":", 1)[0]
+            digests = [f"{repository}@{BASE_DIGEST}", f"mirror.example/python@sha256:{'0' * 64}"]
+            return subprocess.CompletedProcess(command, 0, json.dumps(digests), "")
         return subprocess.CompletedProcess(command, 0, "", "")
 
 
@@ -177,15 +186,22 @@ def test_publish_builds_for_lambda_pushes_and_returns_the_pushed_digest(client: 
     assert image == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ride-duration@{details['imageDigest']}"
     assert details["imageTags"] == [COMMIT]
     reference = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ride-duration:{COMMIT}"
-    build, login, push = docker.commands
+    base = publish.base_image()
+    pull, inspect, build, login, push = docker.commands
+    assert pull == ["docker", "pull", "--quiet", "--platform", "linux/arm64", base]
+    assert inspect[-1] == base
     assert build == [
         "docker",
         "build",
         "--platform",
-        "linux/amd64",
+        "linux/arm64",
         "--tag",
         reference,
         "--provenance=false",
+        "--label",
+        f"org.opencontainers.image.base.name={base}",
+        "--label",
+        f"org.opencontainers.image.base.digest={BASE_DIGEST}",
         "--build-arg",
         "MODEL_DIR=model",
         str(PROJECT_ROOT),
@@ -194,6 +210,27 @@ def test_publish_builds_for_lambda_pushes_and_returns_the_pushed_digest(client: 
     token = ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]
     assert docker.login_password == base64.b64decode(token).decode().split(":", 1)[1]
     assert push == ["docker", "push", reference]
+
+
+def test_x86_64_builds_for_linux_amd64_and_the_base_digest_is_printed(
+    client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docker = FakeDocker(client("ecr"))
+
+    publish.publish(client("ecr"), "ride-duration", COMMIT, None, run_command=docker, arch="x86_64")
+
+    pull, _, build, *_ = docker.commands
+    assert pull[pull.index("--platform") + 1] == build[build.index("--platform") + 1] == "linux/amd64"
+    repository = publish.base_image().rsplit(":", 1)[0]
+    assert f"base image {publish.base_image()} is {repository}@{BASE_DIGEST}" in capsys.readouterr().err
+
+
+def test_a_base_image_without_a_registry_digest_stops_the_build(client: Any) -> None:
+    def docker(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(command, 0, "[]" if "inspect" in command else "", "")
+
+    with pytest.raises(PrerequisiteError, match="reports no digest"):
+        publish.publish(client("ecr"), "ride-duration", COMMIT, None, run_command=docker)
 
 
 def test_a_commit_already_published_is_not_built_again(client: Any) -> None:

@@ -169,13 +169,36 @@ def test_function_runs_the_image_with_memory_timeout_and_the_stack_streams(
     assert (config["MemorySize"], config["Timeout"]) == (1024, 60)
     assert config["Environment"]["Variables"] == {
         "MODEL_URI": "/opt/ml/model",
+        "MODEL_VERSION": "",
+        "MODEL_RUN_ID": "",
         "PREDICTIONS_STREAM_NAME": stack["PredictionsStreamName"],
         "DEAD_LETTER_STREAM_NAME": stack["DeadLetterStreamName"],
         "LOG_LEVEL": "INFO",
     }
     # moto reports every function as a zip package: the template says what AWS will see.
-    assert properties("Function")["PackageType"] == "Image"
-    assert properties("Function")["Architectures"] == ["x86_64"]
+    assert properties("Function")["PackageType"] == {"Ref": "PackageType"}
+    assert PARAMETERS["PackageType"]["Default"] == "Image"
+    assert properties("Function")["Code"]["Fn::If"][2] == {"ImageUri": {"Ref": "ImageUri"}}
+
+
+def test_the_zip_option_runs_python_3_13_with_snapstart_on_published_versions() -> None:
+    function = properties("Function")
+    assert TEMPLATE["Conditions"]["IsZip"] == {"Fn::Equals": [{"Ref": "PackageType"}, "Zip"]}
+    condition, code, _ = function["Code"]["Fn::If"]
+    assert (condition, code) == ("IsZip", {"S3Bucket": {"Ref": "ZipBucket"}, "S3Key": {"Ref": "ZipKey"}})
+    assert function["Runtime"]["Fn::If"][:2] == ["IsZip", "python3.13"]
+    assert function["Handler"]["Fn::If"][:2] == ["IsZip", "lambda_function.lambda_handler"]
+    assert function["SnapStart"]["Fn::If"][:2] == ["IsZip", {"ApplyOn": "PublishedVersions"}]
+    # Image functions take none of the three (Lambda refuses Runtime/Handler with an image).
+    for key in ("Runtime", "Handler", "SnapStart"):
+        assert function[key]["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+
+
+@pytest.mark.parametrize(("value", "accepted"), [("arm64", True), ("x86_64", True), ("amd64", False)])
+def test_architecture_is_a_parameter_defaulting_to_arm64(value: str, accepted: bool) -> None:
+    assert PARAMETERS["Architecture"]["Default"] == "arm64"
+    assert properties("Function")["Architectures"] == [{"Ref": "Architecture"}]
+    assert (value in PARAMETERS["Architecture"]["AllowedValues"]) is accepted
 
 
 def test_role_allows_only_what_the_function_does_on_this_stacks_resources(
