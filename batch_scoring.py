@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trips = open_trips(args.input)
         model = load_configured_model(Settings.from_env(env))
+        if model.features.warning:
+            print(f"warning: {model.features.warning}", file=sys.stderr)
         with (
             trips.file,
             tqdm(total=trips.rows, unit="rows", unit_scale=True, disable=args.no_progress) as bar,

@@ -81,7 +81,7 @@ def cold_pyfunc() -> dict:
     built = time.time()
     import base64  # noqa: PLC0415
 
-    from model_service import ride_features  # noqa: PLC0415 - the same features, no other service code
+    from stream.features import ride_features  # noqa: PLC0415 - the same features, no other service code
 
     rides = [json.loads(base64.b64decode(r["kinesis"]["data"])) for r in first_batch["Records"]]
     features = [

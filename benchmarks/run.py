@@ -29,7 +29,7 @@ import boto3
 
 from benchmarks.children import Context, event
 from local_aws.moto_stack import MotoServer, free_port, upload_model
-from model_service import ride_features
+from stream.features import ride_features
 from stream.kinesis_output import MAX_RECORDS_PER_CALL
 from stream.model_loading import load_model, local_model_problem
 from stream.ride_events import KinesisRecord, PredictionEvent

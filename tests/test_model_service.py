@@ -22,8 +22,8 @@ from model_service import (
     ModelService,
     NotAKinesisEventError,
     Outcome,
-    ride_features,
 )
+from stream.features import ride_features
 from stream.kinesis_output import KinesisStreamWriter, RetryPolicy
 from stream.model_loading import LoadedModel, load_model
 from stream.ride_events import KinesisRecord
