@@ -18,13 +18,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 COLUMNS = ["PULocationID", "DOLocationID", "trip_distance"]
 
 
-def model_columns(trips: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+def model_columns(trips: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.float64]]:
     """The model's columns and each ride's duration in minutes, for rides of 1-60 minutes."""
     minutes = (trips.lpep_dropoff_datetime - trips.lpep_pickup_datetime).dt.total_seconds() / 60
     keep = minutes.between(1, 60) & trips[COLUMNS].notna().all(axis=1)
@@ -62,7 +63,7 @@ def train_and_log(trips: pd.DataFrame, export_dir: Path | None = None, seed: int
             pip_requirements=["scikit-learn"],
         )
     if export_dir is None:
-        return info.model_uri
+        return str(info.model_uri)
     shutil.rmtree(export_dir, ignore_errors=True)
     shutil.copytree(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri), export_dir)
     return str(export_dir)

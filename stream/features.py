@@ -127,7 +127,8 @@ def _type_name(value: Any) -> str:
 class FeatureBuilder(Protocol):
     """Turns a batch of rides into the one input the model is called with."""
 
-    names: tuple[str, ...]
+    @property
+    def names(self) -> tuple[str, ...]: ...
 
     @property
     def shape(self) -> str: ...
@@ -172,7 +173,7 @@ class FeatureArray:
     def build(self, rides: RideColumns) -> npt.NDArray[Any]:
         numeric = all(FEATURES[name].kind == "number" for name in self.names)
         dtype: type = np.float64 if numeric else object
-        array = np.empty((len(rides), len(self.names)), dtype=dtype)
+        array: npt.NDArray[Any] = np.empty((len(rides), len(self.names)), dtype=dtype)
         for index, name in enumerate(self.names):
             array[:, index] = FEATURES[name].column(rides)
         return array
