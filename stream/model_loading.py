@@ -140,7 +140,10 @@ def _hints(model: LoadedModel) -> str:
     if model.version_mismatch:
         hints.append(model.version_mismatch)
     if model.features.source == "course default":
-        hints.append(f"the model has no signature, so it was given {model.features.describe()}")
+        names = list(model.features.builder.names)
+        hints.append(
+            f"the model has no signature, so it was given the course's features {names} as feature dicts"
+        )
     elif model.flavor == "pyfunc":
         hints.append(
             "mlflow.pyfunc turns the feature dicts into a pandas DataFrame for a model with a signature"

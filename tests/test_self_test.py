@@ -104,8 +104,8 @@ def test_a_model_that_raises_on_every_ride_is_refused_at_init(own_model_dir: Pat
         "with the model: "
     )
     assert message.endswith(
-        " (the model has no signature, so it was given feature dicts of ['PU_DO', 'trip_distance'] "
-        "(from the course default))"
+        " (the model has no signature, so it was given the course's features ['PU_DO', 'trip_distance'] "
+        "as feature dicts)"
     )
 
 
