@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import yaml
+from threadpoolctl import threadpool_limits
 
 from stream.features import (
     FeatureArray,
@@ -127,7 +128,11 @@ def load_model(uri: str, cache_dir: Path, s3_client_factory: Callable[[], Any] |
         },
         version_mismatch=sklearn_version_mismatch(mlmodel),
     )
-    report = model.self_test()
+    # One thread: gunicorn --preload forks its workers after this, and an OpenMP pool started in
+    # the parent hangs them (a HistGradientBoostingRegressor's workers each hit gunicorn's 30 s
+    # timeout on their first request). threadpoolctl comes with scikit-learn; ~3 ms here.
+    with threadpool_limits(limits=1):
+        report = model.self_test()
     model.timings["self_test_s"] = report.seconds
     if not report.passed:
         raise ModelLoadError(uri, f"self-test failed: {report.problem}{_hints(model)}")

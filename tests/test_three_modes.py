@@ -5,6 +5,7 @@ model over named columns), in one model call per batch."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,14 @@ from model_service import LoggedDeadLetters, ModelService
 from stream.features import FeatureArray, FeatureDicts
 from stream.kinesis_output import KinesisStreamWriter, RetryPolicy
 from stream.model_loading import LoadedModel, load_model
-from tests.conftest import RecordingLog, WebServer, create_stream, read_stream
-from web_service import app_from_env
+from tests.conftest import (
+    GunicornProcess,
+    RecordingLog,
+    WebServer,
+    create_stream,
+    read_stream,
+    service_environment,
+)
 
 RIDES = [
     {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66},
@@ -89,34 +96,44 @@ def test_the_three_modes_give_the_same_prediction_for_the_same_ride(
     assert stream_versions == web_versions == batch_versions == {model.info.version}
 
 
-# What each shape's model is given for RIDES[0].
-FIRST_INPUT = {
-    "dict": (FeatureDicts, {"PU_DO": "130_205", "trip_distance": 3.66}),
-    "columns": (FeatureArray, [130.0, 205.0, 3.66]),
+# Per shape: the builder chosen, what the model is given for RIDES[0], its model and server.
+SHAPES = {
+    "dict": (FeatureDicts, {"PU_DO": "130_205", "trip_distance": 3.66}, "model_dir", "web_server"),
+    "columns": (FeatureArray, [130.0, 205.0, 3.66], "own_model_dir", "own_web_server"),
 }
 
 
-@pytest.mark.parametrize("shape", ["dict", "columns"])
+@pytest.fixture(scope="module")
+def own_web_server(own_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+    """gunicorn (--preload, forked workers) serving the column model, as `make serve` would."""
+    root = tmp_path_factory.mktemp("own-web")
+    env = service_environment(MODEL_URI=str(own_model_dir), MODEL_CACHE_DIR=str(root / "cache"))
+    process = GunicornProcess(env, root / "gunicorn.log", workers=2)
+    try:
+        yield process.wait_until_healthy()
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 def test_both_model_shapes_are_served_alike_in_the_three_modes(
-    shape: str, kinesis: Any, model_dir: Path, own_model_dir: Path, tmp_path: Path
+    shape: str, kinesis: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    builder, first_input = FIRST_INPUT[shape]
-    directory = model_dir if shape == "dict" else own_model_dir
-    loaded = load_model(str(directory), tmp_path / "cache")
+    builder, first_input, model_fixture, server_fixture = SHAPES[shape]
+    loaded = load_model(str(request.getfixturevalue(model_fixture)), tmp_path / "cache")
     assert isinstance(loaded.features.builder, builder)
     counting = CountingPredictor(loaded.predictor)
     counted = replace(loaded, predictor=counting)
 
     stream, _ = on_the_stream(kinesis, counted)
-    app = app_from_env({"MODEL_URI": str(directory), "MODEL_CACHE_DIR": str(tmp_path / "web-cache")})
-    answers = app.test_client().post("/predict", json=RIDES).json
+    web, _ = on_request(request.getfixturevalue(server_fixture))
     batch, _ = in_bulk(counted, tmp_path)
 
     assert [len(model_input) for model_input in counting.inputs] == [len(RIDES), len(RIDES)]  # one call each
     stream_input = counting.inputs[0]
     first = stream_input[0] if shape == "dict" else stream_input[0].tolist()
     assert first == first_input
-    assert stream == [a["duration"] for a in answers] == batch
+    assert stream == web == batch
     assert len(set(stream)) == len(RIDES)
     # What the model's author gets from the model directly, with the frame it was trained on.
     frame = pd.DataFrame(RIDES)
