@@ -45,6 +45,8 @@ DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / '.mlflow' / 'mlflow.db'}"
 DEFAULT_ARTIFACT_LOCATION = str(PROJECT_ROOT / ".mlflow" / "artifacts")
 MIN_DURATION, MAX_DURATION = 1.0, 60.0
 KNOWN_RIDES = 6  # validation rides recorded with the model for the load-time self-test
+# What the pipeline is trained on (names from stream/features.py); the signature follows.
+TRAIN_FEATURES = COURSE_FEATURES
 TLC_COLUMNS = [
     "lpep_pickup_datetime",
     "lpep_dropoff_datetime",
@@ -108,7 +110,7 @@ def prepare(frame: pd.DataFrame) -> tuple[list[dict[str, Any]], np.ndarray, Ride
         kept.DOLocationID.astype("int64").tolist(),
         kept.trip_distance.astype("float64").tolist(),
     )
-    return FeatureDicts(COURSE_FEATURES).build(rides), duration[keep].to_numpy(), rides
+    return FeatureDicts(TRAIN_FEATURES).build(rides), duration[keep].to_numpy(), rides
 
 
 def pick_known_rides(rides: RideColumns, count: int = KNOWN_RIDES) -> list[Ride]:
@@ -225,7 +227,7 @@ def train(
         mlflow.log_metric("rmse", rmse)
         # The contract the function checks at load, and rides its self-test predicts again.
         known = pick_known_rides(val_rides)
-        example = FeatureDicts(COURSE_FEATURES).build(RideColumns.from_rides(known))
+        example = FeatureDicts(TRAIN_FEATURES).build(RideColumns.from_rides(known))
         answers = pipeline.predict(example)
         info = mlflow.sklearn.log_model(
             pipeline,

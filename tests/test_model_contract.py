@@ -23,6 +23,7 @@ from model_service import build_service, predict_durations
 from stream.features import (
     COURSE_FEATURES,
     FEATURES,
+    Feature,
     FeatureArray,
     FeatureDicts,
     ModelOutputError,
@@ -45,11 +46,7 @@ def save_model(path: Path, model: Any, example: pd.DataFrame | None) -> Path:
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    signature = (
-        infer_signature(example, model.predict(example.to_dict(orient="records")))
-        if example is not None
-        else None
-    )
+    signature = infer_signature(example) if example is not None else None
     mlflow.sklearn.save_model(
         model, path, signature=signature, serialization_format="pickle", pip_requirements=["scikit-learn"]
     )
@@ -208,6 +205,31 @@ def test_features_are_made_in_one_place() -> None:
     from_arrays = RideColumns(np.array([130, 1]), np.array([205, 265]), np.array([3.66, 0.0]))
     assert FeatureDicts(COURSE_FEATURES).build(from_arrays) == FeatureDicts(COURSE_FEATURES).build(rides)
     assert ride_features(130, 205, 3.66) == {"PU_DO": "130_205", "trip_distance": 3.66}
+
+
+def test_a_feature_added_in_one_place_reaches_a_model_that_asks_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/model.md's example: one entry in FEATURES, and a model whose signature names it."""
+    monkeypatch.setitem(
+        FEATURES,
+        "same_zone",
+        Feature(
+            "number",
+            lambda rides: [
+                float(pu == do) for pu, do in zip(rides.PULocationID, rides.DOLocationID, strict=True)
+            ],
+        ),
+    )
+    frame = pd.DataFrame({"trip_distance": [1.0, 2.0, 3.0, 4.0], "same_zone": [0.0, 1.0, 0.0, 1.0]})
+    model = LinearRegression().fit(frame, 3 * frame.trip_distance + 10 * frame.same_zone)
+    path = save_model(tmp_path / "same-zone", model, frame.head(2))
+
+    loaded = load_model(str(path), tmp_path / "cache")
+
+    assert loaded.features.describe() == "2-D array of ['trip_distance', 'same_zone'] (from the signature)"
+    rides = [RIDE, Ride(PULocationID=7, DOLocationID=7, trip_distance=1.0)]
+    assert predict_durations(loaded, rides) == pytest.approx([3 * 3.66, 3 + 10])
 
 
 @pytest.mark.parametrize(
