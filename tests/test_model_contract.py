@@ -19,7 +19,9 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 
+import batch_scoring
 from model_service import build_service, predict_durations
+from scripts.train import synthetic_trips
 from stream.features import (
     COURSE_FEATURES,
     FEATURES,
@@ -191,6 +193,18 @@ def test_a_model_without_signature_gets_the_course_features_and_a_warning(
     with caplog.at_level(logging.WARNING, logger="web_service"):
         app_from_env({"MODEL_URI": str(path), "MODEL_CACHE_DIR": str(tmp_path / "c")})
     assert expected_warning in caplog.messages
+    synthetic_trips(10, month=1, seed=1).to_parquet(tmp_path / "trips.parquet")
+    capsys.readouterr()
+    code = batch_scoring.main(
+        [
+            str(tmp_path / "trips.parquet"),
+            str(tmp_path / "out.parquet"),
+            "--model-uri",
+            str(path),
+            "--no-progress",
+        ]
+    )
+    assert (code, capsys.readouterr().err) == (0, f"warning: {expected_warning}\n")
 
 
 def test_features_are_made_in_one_place() -> None:
