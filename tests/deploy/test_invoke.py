@@ -52,7 +52,7 @@ def test_invoke_prints_the_functions_answer(
 
     out, err = capsys.readouterr()
     assert json.loads(out) == {"batchItemFailures": []}
-    assert f"invoking {stack['FunctionName']} with 1 record(s)" in err
+    assert f"invoking {stack['FunctionName']}:live with 1 record(s)" in err  # what the stream invokes
 
 
 def test_write_event_writes_the_sample_for_the_stage_and_invokes_nothing(

@@ -112,5 +112,5 @@ def test_expired_credentials_are_named_as_such(capsys: pytest.CaptureFixture[str
 def test_template_short_forms_read_as_cloudformation_long_forms() -> None:
     resources = load_template()["Resources"]
     assert resources["Function"]["Properties"]["Role"] == {"Fn::GetAtt": ["FunctionRole", "Arn"]}
-    assert resources["EventSourceMapping"]["Properties"]["FunctionName"] == {"Ref": "Function"}
+    assert resources["EventSourceMapping"]["Properties"]["FunctionName"] == {"Ref": "LiveAlias"}
     assert resources["InputStream"]["Properties"]["Name"] == {"Fn::Sub": "ride-events-${Stage}"}

@@ -84,7 +84,7 @@ def test_streams_have_their_names_and_retention(client: Any, stack: dict[str, st
 def test_event_source_mapping_is_bounded_bisects_and_reports_item_failures(
     client: Any, stack: dict[str, str]
 ) -> None:
-    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["FunctionName"])[
+    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["LiveAliasArn"])[
         "EventSourceMappings"
     ]
     queue_arn = client("sqs").get_queue_attributes(
@@ -92,7 +92,7 @@ def test_event_source_mapping_is_bounded_bisects_and_reports_item_failures(
     )["Attributes"]["QueueArn"]
 
     assert mapping["EventSourceArn"] == stack["InputStreamArn"]
-    assert mapping["FunctionArn"].endswith(f":function:{stack['FunctionName']}")
+    assert mapping["FunctionArn"].endswith(f":function:{stack['FunctionName']}:live")
     assert {key: mapping[key] for key in SETTINGS} == {
         "BatchSize": 100,
         "MaximumBatchingWindowInSeconds": 1,
@@ -110,7 +110,7 @@ def test_mapping_settings_follow_the_stack_parameters(client: Any, stack: dict[s
     overrides = (("BatchSize", "500"), ("ParallelizationFactor", "4"), ("MaximumRetryAttempts", "3"))
     deploy(client("cloudformation"), STACK, STAGE, Deployment(overrides=overrides))
 
-    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["FunctionName"])[
+    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["LiveAliasArn"])[
         "EventSourceMappings"
     ]
     assert (mapping["BatchSize"], mapping["ParallelizationFactor"], mapping["MaximumRetryAttempts"]) == (
@@ -171,6 +171,7 @@ def test_function_runs_the_image_with_memory_timeout_and_the_stack_streams(
         "MODEL_URI": "/opt/ml/model",
         "MODEL_VERSION": "",
         "MODEL_RUN_ID": "",
+        "MODEL_SHA256": "",
         "PREDICTIONS_STREAM_NAME": stack["PredictionsStreamName"],
         "DEAD_LETTER_STREAM_NAME": stack["DeadLetterStreamName"],
         "LOG_LEVEL": "INFO",
@@ -296,7 +297,7 @@ def test_model_bucket_is_encrypted_versioned_private_and_tls_only(client: Any, s
     assert bucket["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
     assert set(bucket["Properties"]["PublicAccessBlockConfiguration"].values()) == {True}
     assert len(bucket["Properties"]["PublicAccessBlockConfiguration"]) == 4
-    [deny] = properties("ModelBucketPolicy")["PolicyDocument"]["Statement"]
+    deny = properties("ModelBucketPolicy")["PolicyDocument"]["Statement"][0]
     assert (deny["Effect"], deny["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": "false"}})
 
 

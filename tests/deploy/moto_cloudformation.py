@@ -1,0 +1,123 @@
+"""What moto's CloudFormation (5.2.5) lacks for infra/template.yaml, added to the moto server the
+deploy tests run in this process, each through moto's own Lambda backend as CloudFormation would
+call the Lambda API:
+
+- `AWS::Lambda::Alias` is not modelled (moto skips it with a warning, so `!Ref LiveAlias` is
+  empty and the mapping cannot be created): created, updated and deleted here with moto's
+  CreateAlias/UpdateAlias/DeleteAlias; `Ref` gives the alias ARN, as in AWS.
+- `!GetAtt <AWS::Lambda::Version>.Version` is not answered: the version number, as in AWS.
+- A mapping created on an alias ARN keeps the version the alias resolved to as its FunctionArn;
+  AWS keeps the alias ARN (so that moving the alias moves the mapping's traffic).
+
+Everything else (the function, PublishVersion, the mapping's settings) is moto's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moto.awslambda.models import EventSourceMapping, LambdaAlias, LambdaBackend, LambdaVersion
+from moto.awslambda.utils import get_backend
+from moto.cloudformation import parsing
+from moto.core.common_models import CloudFormationModel
+
+
+class CloudFormationAlias(CloudFormationModel):
+    """AWS::Lambda::Alias, as CloudFormation's handler drives the Lambda API."""
+
+    def __init__(self, alias: LambdaAlias, function_name: str) -> None:
+        self.alias = alias
+        self.function_name = function_name
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "Name"
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::Lambda::Alias"
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.alias.arn
+
+    def get_cfn_attribute(self, attribute_name: str) -> str:
+        if attribute_name == "AliasArn":
+            return self.alias.arn
+        raise NotImplementedError(attribute_name)
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> CloudFormationAlias:
+        properties = cloudformation_json["Properties"]
+        alias = get_backend(account_id, region_name).create_alias(
+            name=properties["Name"],
+            function_name=properties["FunctionName"],
+            function_version=str(properties["FunctionVersion"]),
+            description=properties.get("Description", ""),
+            routing_config=properties.get("RoutingConfig"),  # type: ignore[arg-type]
+        )
+        return cls(alias, properties["FunctionName"])
+
+    @classmethod
+    def update_from_cloudformation_json(  # type: ignore[override]
+        cls,
+        original_resource: CloudFormationAlias,
+        new_resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+    ) -> CloudFormationAlias:
+        properties = cloudformation_json["Properties"]
+        alias = get_backend(account_id, region_name).update_alias(
+            name=properties["Name"],
+            function_name=properties["FunctionName"],
+            function_version=str(properties["FunctionVersion"]),
+            description=properties.get("Description", ""),
+            routing_config=properties.get("RoutingConfig"),  # type: ignore[arg-type]
+        )
+        return cls(alias, properties["FunctionName"])
+
+    @classmethod
+    def delete_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: dict[str, Any], account_id: str, region_name: str
+    ) -> None:
+        properties = cloudformation_json["Properties"]
+        get_backend(account_id, region_name).delete_alias(properties["Name"], properties["FunctionName"])
+
+
+def _version_attribute(self: LambdaVersion, attribute_name: str) -> str:
+    if attribute_name == "Version":
+        return str(self.version)
+    raise NotImplementedError(attribute_name)
+
+
+def _keeping_the_alias_arn(create: Any) -> Any:
+    def create_event_source_mapping(self: LambdaBackend, spec: dict[str, Any]) -> EventSourceMapping:
+        requested = spec.get("FunctionName", "")
+        mapping: EventSourceMapping = create(self, spec)
+        if requested.startswith("arn:") and len(requested.split(":")) == 8:  # qualified ARN
+            mapping.function_arn = requested
+        return mapping
+
+    return create_event_source_mapping
+
+
+def install() -> None:
+    """Idempotent: the classes are registered once per process."""
+    if getattr(LambdaVersion, "_release_patched", False):
+        return
+    LambdaVersion.get_cfn_attribute = _version_attribute  # type: ignore[attr-defined]
+    LambdaBackend.create_event_source_mapping = _keeping_the_alias_arn(  # type: ignore[method-assign]
+        LambdaBackend.create_event_source_mapping
+    )
+    LambdaVersion._release_patched = True  # type: ignore[attr-defined]  # noqa: SLF001
+    # moto finds resource models among CloudFormationModel's subclasses, cached on first use.
+    parsing.get_model_map.cache_clear()
+    parsing.get_name_type_map.cache_clear()
