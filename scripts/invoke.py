@@ -93,8 +93,8 @@ class SelfTestOutcome:
         if report.get("rides"):
             tolerance = report.get("tolerance") or {}
             lines.append(
-                f"  {len(report['rides'])} {report.get('source', 'known rides')} of model "
-                f"{report.get('model_uri')} (version {report.get('model_version')}); tolerance "
+                f"  model {report.get('model_uri')} (version {report.get('model_version')}): "
+                f"{len(report['rides'])} {report.get('source', 'known rides')}; tolerance "
                 f"{tolerance.get('absolute', '?')} min + {tolerance.get('relative', '?')} x |expected|"
             )
             expected = report.get("expected") or [None] * len(report["rides"])

@@ -6,8 +6,10 @@ call the Lambda API:
   empty and the mapping cannot be created): created, updated and deleted here with moto's
   CreateAlias/UpdateAlias/DeleteAlias; `Ref` gives the alias ARN, as in AWS.
 - `!GetAtt <AWS::Lambda::Version>.Version` is not answered: the version number, as in AWS.
-- A mapping created on an alias ARN keeps the version the alias resolved to as its FunctionArn;
-  AWS keeps the alias ARN (so that moving the alias moves the mapping's traffic).
+- A mapping created or updated with an alias ARN keeps the version the alias resolved to as its
+  FunctionArn; AWS keeps the alias ARN (so that moving the alias moves the mapping's traffic).
+- AWS::Lambda::Version's Description is not passed on to PublishVersion (not patched: the
+  tests do not read it).
 
 Everything else (the function, PublishVersion, the mapping's settings) is moto's own.
 """
@@ -98,15 +100,33 @@ def _version_attribute(self: LambdaVersion, attribute_name: str) -> str:
     raise NotImplementedError(attribute_name)
 
 
-def _keeping_the_alias_arn(create: Any) -> Any:
+def _qualified_arn(spec: dict[str, Any]) -> str | None:
+    requested = str(spec.get("FunctionName", ""))
+    return requested if requested.startswith("arn:") and len(requested.split(":")) == 8 else None
+
+
+def _keeping_the_alias_arn_on_create(create: Any) -> Any:
     def create_event_source_mapping(self: LambdaBackend, spec: dict[str, Any]) -> EventSourceMapping:
-        requested = spec.get("FunctionName", "")
+        arn = _qualified_arn(spec)
         mapping: EventSourceMapping = create(self, spec)
-        if requested.startswith("arn:") and len(requested.split(":")) == 8:  # qualified ARN
-            mapping.function_arn = requested
+        if arn:
+            mapping.function_arn = arn
         return mapping
 
     return create_event_source_mapping
+
+
+def _keeping_the_alias_arn_on_update(update: Any) -> Any:
+    def update_event_source_mapping(
+        self: LambdaBackend, uuid: str, spec: dict[str, Any]
+    ) -> EventSourceMapping | None:
+        arn = _qualified_arn(spec)
+        mapping: EventSourceMapping | None = update(self, uuid, spec)
+        if mapping is not None and arn:
+            mapping.function_arn = arn
+        return mapping
+
+    return update_event_source_mapping
 
 
 def install() -> None:
@@ -114,10 +134,13 @@ def install() -> None:
     if getattr(LambdaVersion, "_release_patched", False):
         return
     LambdaVersion.get_cfn_attribute = _version_attribute  # type: ignore[attr-defined]
-    LambdaBackend.create_event_source_mapping = _keeping_the_alias_arn(  # type: ignore[method-assign]
+    LambdaBackend.create_event_source_mapping = _keeping_the_alias_arn_on_create(  # type: ignore[method-assign]
         LambdaBackend.create_event_source_mapping
     )
-    LambdaVersion._release_patched = True  # type: ignore[attr-defined]  # noqa: SLF001
+    LambdaBackend.update_event_source_mapping = _keeping_the_alias_arn_on_update(  # type: ignore[method-assign]
+        LambdaBackend.update_event_source_mapping
+    )
+    LambdaVersion._release_patched = True  # type: ignore[attr-defined]
     # moto finds resource models among CloudFormationModel's subclasses, cached on first use.
     parsing.get_model_map.cache_clear()
     parsing.get_name_type_map.cache_clear()

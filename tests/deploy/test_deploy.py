@@ -158,7 +158,9 @@ def test_a_plain_s3_model_after_a_registry_one_names_no_registry_version(
         self_test_report(f"{stack['ModelPrefixUri']}registry-1/"),
         self_test_report(plain),
     )
-    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", "models:/ride-duration/1", *NO_WATCH]) == 0
+    assert (
+        run(deploy_script.main, ["--stage", STAGE, "--model-uri", "models:/ride-duration/1", *NO_WATCH]) == 0
+    )
 
     assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", plain, *NO_WATCH]) == 0
 

@@ -324,3 +324,56 @@ def test_alarms_watch_iterator_age_function_errors_and_discarded_batches() -> No
 def test_default_model_uri_is_where_the_dockerfile_bakes_the_model() -> None:
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     assert f"ENV MODEL_URI={PARAMETERS['ModelUri']['Default']}\n" in dockerfile
+
+
+def test_the_mapping_invokes_the_alias_of_a_published_version_never_latest() -> None:
+    assert properties("EventSourceMapping")["FunctionName"] == {"Ref": "LiveAlias"}
+    alias = properties("LiveAlias")
+    assert alias["Name"] == "live"
+    # CloudFormation only creates it on the first version; afterwards deploy.py passes the version
+    # the alias points to, so no stack update ever moves the stream's traffic.
+    assert alias["FunctionVersion"] == {
+        "Fn::If": ["HasLiveVersion", {"Ref": "LiveVersion"}, {"Fn::GetAtt": ["InitialVersion", "Version"]}]
+    }
+    assert TEMPLATE["Conditions"]["HasLiveVersion"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "LiveVersion"}, ""]}]
+    }
+    assert (accepts("LiveVersion", "12"), accepts("LiveVersion", "$LATEST")) == (True, False)
+    # A replaced first version may still be live: kept.
+    assert RESOURCES["InitialVersion"]["UpdateReplacePolicy"] == "Retain"
+    assert set(of_type("AWS::Lambda::Version")) == {"InitialVersion"}
+
+
+def test_the_dead_letter_stream_is_on_demand() -> None:
+    dead_letters = properties("DeadLetterStream")
+    assert dead_letters["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"}
+    assert "ShardCount" not in dead_letters  # CloudFormation refuses one with ON_DEMAND
+    for name in ("InputStream", "PredictionsStream"):
+        assert properties(name)["StreamModeDetails"] == {"StreamMode": "PROVISIONED"}
+
+
+def test_only_the_listed_writers_may_write_or_delete_models_and_the_policy_stays_editable() -> None:
+    statements = properties("ModelBucketPolicy")["PolicyDocument"]["Statement"]
+    [conditional] = [s for s in statements if "Fn::If" in s]
+    condition, writers_only, otherwise = conditional["Fn::If"]
+    assert (condition, otherwise) == ("HasModelWriters", {"Ref": "AWS::NoValue"})
+    assert writers_only == {
+        "Sid": "OnlyModelWritersWriteModels",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
+        "Resource": {"Fn::Sub": "${ModelBucket.Arn}/models/*"},
+        "Condition": {"ArnNotLike": {"aws:PrincipalArn": {"Ref": "ModelWriterRoleArns"}}},
+    }
+    # Nothing denies changing the policy itself: an administrator can always replace the list.
+    denied = [action for s in statements if "Effect" in s for action in as_list(s["Action"])]
+    assert not [action for action in denied if "Policy" in action]
+    assert PARAMETERS["ModelWriterRoleArns"]["Type"] == "CommaDelimitedList"
+
+
+def test_the_model_is_pinned_by_a_sha256_the_function_receives() -> None:
+    assert properties("Function")["Environment"]["Variables"]["MODEL_SHA256"] == {"Ref": "ModelSha256"}
+    assert accepts("ModelSha256", "")
+    assert accepts("ModelSha256", "ab" * 32)
+    assert not accepts("ModelSha256", "AB" * 32)
+    assert not accepts("ModelSha256", "ab" * 31)
