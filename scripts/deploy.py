@@ -464,10 +464,23 @@ def go_live(
         )
     model = parameters.get("ModelUri", "")
     version = publish(lambda_client, function, description(live, code_of(parameters), model))
-    if version.number == live and not created:
-        say(f"the function's code and configuration are unchanged: version {live} stays live")
+    if version.number == live:
+        if not created:
+            say(f"the function's code and configuration are unchanged: version {live} stays live")
+            return live
+        # A new stack's first version is live already, but no producer writes to a new stream yet.
+        say(f"version {live} (the stack's first): invoking it with the self-test event")
+        outcome = self_test(lambda_client, function, live, model)
+        for line in outcome.lines():
+            say(line)
+        if not outcome.passed:
+            raise ReleaseError(
+                f"the new stack's first version fails its self-test ({outcome.error}): deploy another "
+                "image or model (records put meanwhile wait: the mapping retries them)"
+            )
+        say(f"alias {LIVE_ALIAS}: version {live}")
         return live
-    if not version.new and version.number != live and not redeploy:
+    if not version.new and not redeploy:
         raise PrerequisiteError(
             f"version {version.number} ({version.description}) is what the stack describes, and it is not "
             f"live (version {live} is): it was rolled back, or a deploy stopped before moving the alias. "
@@ -477,14 +490,6 @@ def go_live(
     outcome = self_test(lambda_client, function, version.number, model)
     for line in outcome.lines():
         say(line)
-    if created:  # the stack's first version is live already (no producer writes to a new stream yet)
-        if not outcome.passed:
-            raise ReleaseError(
-                f"the new stack's first version fails its self-test: {outcome.error}. Deploy another "
-                "image or model (the stream's records wait: the mapping retries)"
-            )
-        say(f"alias {LIVE_ALIAS}: version {live}")
-        return live
     if not outcome.passed:
         if version.new:
             delete_version(lambda_client, function, version.number)
@@ -509,10 +514,10 @@ def go_live(
             sleep=watch.sleep,
         )
     except KeyboardInterrupt:
-        say(
-            f"stopped watching: version {version.number} stays live; roll back with: make rollback STAGE={stage}"
-        )
-        raise
+        raise ReleaseError(
+            f"stopped watching the alarms (Ctrl-C): version {version.number} stays live; roll back with: "
+            f"make rollback STAGE={stage}"
+        ) from None
     if fired is None:
         say(f"no alarm fired in {watch.minutes:g} minute(s): version {version.number} stays live")
         return version.number

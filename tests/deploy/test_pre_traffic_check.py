@@ -20,7 +20,8 @@ from scripts.invoke import self_test
 from stream.model_loading import model_files_sha256
 
 FUNCTION = "ride-duration-test"
-STREAMS = ("ride-predictions-test", "ride-dead-letters-test")
+# Its own names: the moto server is shared with the stack tests (ride-predictions-test...).
+STREAMS = ("self-test-predictions", "self-test-dead-letters")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from botocore.stub import Stubber
 from scripts import deploy as deploy_script
 from scripts import rollback as rollback_script
 from scripts.deploy import Deployment, ReleaseError, Watch, deploy, go_live, live_before
+from scripts.live_alias import description, publish
 from scripts.stack import PrerequisiteError, load_template, run
 from stream.model_loading import model_files_sha256
 from tests.deploy.conftest import STACK, STAGE, answer_invocations, publish_fake_image, self_test_report
@@ -242,6 +243,21 @@ def test_an_alarm_already_firing_counts_only_if_it_fires_again(
         in err
     )
     assert "no alarm fired in 0.002 minute(s): version 2 stays live" in err
+
+
+def test_stopping_the_watch_leaves_the_new_version_live_and_says_how_to_go_back(
+    client: Any, stack: dict[str, str], aws_endpoint: str
+) -> None:
+    answer_invocations(aws_endpoint, self_test_report())
+
+    def ctrl_c(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(
+        ReleaseError, match=f"version 2 stays live; roll back with: make rollback STAGE={STAGE}"
+    ):
+        release_after_update(client, "2", ctrl_c)
+    assert alias_version(client) == "2"
 
 
 def test_alarms_of_another_stage_are_not_watched(
@@ -492,3 +508,25 @@ def test_a_stack_from_before_the_alias_takes_it_before_new_code() -> None:
         ):
             live_before(cloudformation, None, STACK, changes_code=True)
         assert live_before(cloudformation, None, STACK, changes_code=False) is None
+
+
+def test_a_version_is_published_only_of_the_code_the_stack_deployed() -> None:
+    """CodeSha256: if another deploy changed $LATEST meanwhile, Lambda refuses to publish."""
+    lambda_client = boto3.client("lambda", region_name="us-east-1")
+    with Stubber(lambda_client) as stubber:
+        stubber.add_response(
+            "list_versions_by_function", {"Versions": [{"Version": "$LATEST"}, {"Version": "1"}]}
+        )
+        stubber.add_response("get_function_configuration", {"CodeSha256": "abc="}, {"FunctionName": FUNCTION})
+        stubber.add_response(
+            "publish_version",
+            {"Version": "2", "Description": "replaces 1; code x; model y"},
+            {"FunctionName": FUNCTION, "CodeSha256": "abc=", "Description": "replaces 1; code x; model y"},
+        )
+        stubber.add_response(
+            "get_function_configuration", {"State": "Active"}, {"FunctionName": FUNCTION, "Qualifier": "2"}
+        )
+
+        version = publish(lambda_client, FUNCTION, description("1", "x", "y"))
+
+    assert (version.number, version.new, version.replaces) == ("2", True, "1")
