@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from scripts import deploy, invoke, publish, smoke_test
+from scripts import deploy, invoke, publish, rollback, smoke_test
 from scripts.stack import PROJECT_ROOT, load_template, run
 
-SCRIPTS = {"publish": publish, "deploy": deploy, "smoke_test": smoke_test, "invoke": invoke}
-STAGE_SCRIPTS = ["deploy", "smoke_test", "invoke"]
+SCRIPTS = {
+    "publish": publish,
+    "deploy": deploy,
+    "smoke_test": smoke_test,
+    "invoke": invoke,
+    "rollback": rollback,
+}
+STAGE_SCRIPTS = ["deploy", "smoke_test", "invoke", "rollback"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
