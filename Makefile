@@ -66,10 +66,16 @@ clean:  ## remove the virtualenvs, MLflow store and exported model
 
 # --- Deploy to AWS (docs/deploy.md): STAGE names the stack, ride-duration-$(STAGE) ---
 STAGE ?= dev
-.PHONY: requirements publish deploy smoke invoke
+.PHONY: requirements ecr ci-role publish deploy smoke invoke replay
 
 requirements: | $(UV)  ## requirements-lambda.txt from uv.lock: the runtime set the image installs
 	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
+
+ecr: setup  ## create/update the image repository's stack, ride-duration-ecr (once per account and region)
+	$(BIN)/python -m scripts.account_stacks ecr $(ARGS)
+
+ci-role: setup  ## create/update CI's roles for STAGE, ride-duration-ci-$(STAGE): ARGS="--parameter GitHubRepository=owner/repo"
+	$(BIN)/python -m scripts.account_stacks ci-role --stage $(STAGE) $(ARGS)
 
 publish: setup  ## build the image, push it to ECR, print it by digest (MODEL_DIR=model bakes ./model in)
 	$(BIN)/python -m scripts.publish $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
