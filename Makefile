@@ -66,7 +66,7 @@ clean:  ## remove the virtualenvs, MLflow store and exported model
 
 # --- Deploy to AWS (docs/deploy.md): STAGE names the stack, ride-duration-$(STAGE) ---
 STAGE ?= dev
-.PHONY: requirements ecr ci-role publish deploy smoke invoke replay
+.PHONY: requirements ecr ci-role publish deploy promote smoke invoke replay
 
 requirements: | $(UV)  ## requirements-lambda.txt from uv.lock: the runtime set the image installs
 	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
@@ -82,6 +82,10 @@ publish: setup  ## build the image, push it to ECR, print it by digest (MODEL_DI
 
 deploy: setup  ## create or update the stack: IMAGE=<uri@sha256:...> (first time), MODEL_URI=s3://...
 	$(BIN)/python -m scripts.deploy --stage $(STAGE) $(if $(IMAGE),--image-uri $(IMAGE)) $(if $(MODEL_URI),--model-uri $(MODEL_URI)) $(ARGS)
+
+FROM_STAGE ?= dev
+promote: setup  ## copy FROM_STAGE's model into STAGE's bucket; print the IMAGE and MODEL_URI to deploy there
+	$(BIN)/python -m scripts.promote --from-stage $(FROM_STAGE) --stage $(STAGE) $(ARGS)
 
 smoke: setup  ## put a ride on the stage's input stream and wait for its prediction
 	$(BIN)/python -m scripts.smoke_test --stage $(STAGE) $(ARGS)
