@@ -127,6 +127,9 @@ promote: setup  ## copy FROM_STAGE's model into STAGE's bucket; print the IMAGE 
 smoke: setup  ## put a ride on the stage's input stream and wait for its prediction
 	$(BIN)/python -m scripts.smoke_test --stage $(STAGE) $(ARGS)
 
+replay: setup  ## put the batches of the stage's on-failure queue back on its input stream (ARGS=--dry-run lists them)
+	$(BIN)/python -m scripts.replay --stage $(STAGE) $(ARGS)
+
 invoke: setup  ## invoke the stage's function once with a sample Kinesis event, print its logs
 	$(BIN)/python -m scripts.invoke --stage $(STAGE) $(ARGS)
 
