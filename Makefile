@@ -93,9 +93,9 @@ $(TOOL_VENVS)/%/.installed: tools/%.txt | $(UV)
 	@touch $@
 
 tool-locks: | $(UV)  ## re-pin tools/*.txt (checkov, actionlint) from tools/*.in, with hashes
-	for in in tools/*.in; do \
+	for spec in tools/*.in; do \
 		$(UV) pip compile --quiet --no-config --universal --python-version 3.11 --generate-hashes \
-			--no-header $$in -o $${in%.in}.txt || exit 1; \
+			--no-header $$spec -o $${spec%.in}.txt || exit 1; \
 	done
 
 clean:  ## remove the virtualenvs, MLflow store and exported model
