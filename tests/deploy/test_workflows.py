@@ -115,6 +115,14 @@ def test_prod_runs_the_digest_that_was_built_and_passed_dev() -> None:
     }
 
 
+def test_only_pull_request_runs_cancel_each_other() -> None:
+    """A run on main may wait days for prod's approval: it must not hold up the next one."""
+    assert WORKFLOW["concurrency"] == {
+        "group": "pipeline-${{ github.event_name == 'pull_request' && github.ref || github.run_id }}",
+        "cancel-in-progress": True,
+    }
+
+
 def test_no_expression_is_spliced_into_a_script() -> None:
     """Inputs, outputs and event fields reach scripts as environment variables, never as text."""
     for name, job in JOBS.items():
