@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream.kinesis_output import RetryPolicy
+from stream.redelivery import DEFAULT_SIZE as DEFAULT_REDELIVERY_MEMORY_SIZE
 
 
 class ConfigurationError(ValueError):
@@ -23,6 +24,8 @@ class Settings:
     put_records_retry: RetryPolicy
     log_level: str
     kinesis_endpoint_url: str | None
+    deadline_safety_margin_s: float
+    redelivery_memory_size: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -39,6 +42,10 @@ class Settings:
             ),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             kinesis_endpoint_url=kinesis_endpoint_url(env),
+            deadline_safety_margin_s=_int(env, "DEADLINE_SAFETY_MARGIN_MS", 1000, minimum=0) / 1000,
+            redelivery_memory_size=_int(
+                env, "REDELIVERY_MEMORY_SIZE", DEFAULT_REDELIVERY_MEMORY_SIZE, minimum=0
+            ),
         )
 
 
