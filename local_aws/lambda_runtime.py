@@ -181,6 +181,15 @@ class LocalLambda:
         process, self._process = self._process, None
         stop_process(process)
 
+    def crash(self) -> bool:
+        """SIGKILL the function process if it is running an invocation, as a crash or an
+        out-of-memory kill would (fault injection); the next invocation is a cold start."""
+        process = self._process
+        if self._current is None or process is None or process.poll() is not None:
+            return False
+        process.kill()
+        return True
+
     def _function_is_healthy(self) -> bool:
         return self._process is not None and self._process.poll() is None and self._init_error is None
 

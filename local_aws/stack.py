@@ -59,6 +59,7 @@ class StackConfig:
     aws_endpoint: str | None = None
     function_endpoint: str | None = None
     function_environment: dict[str, str] = field(default_factory=dict)
+    function_timeout_s: float = 60.0
 
 
 class LocalStack:
@@ -222,7 +223,11 @@ class LocalStack:
             return
         started = time.monotonic()
         self.function = LocalLambda(
-            FunctionConfig(function_name=self.config.function_name, environment=self.function_environment()),
+            FunctionConfig(
+                function_name=self.config.function_name,
+                environment=self.function_environment(),
+                timeout_s=self.config.function_timeout_s,
+            ),
             port=self.config.lambda_port,
             log=self._log("function.log"),
         )
