@@ -27,9 +27,11 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, fields
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlparse
+
+from local_aws.lambda_runtime import QuietHTTPServer
 
 # Headers that belong to one hop, not to the request (RFC 9110, 7.6.1).
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "te"}
@@ -52,7 +54,7 @@ class Faults:
 
     def describe(self) -> str:
         parts = [
-            f"{name.replace('_', ' ')} {getattr(self, name):.0%}"
+            f"{name.replace('_', ' ')} {getattr(self, name) * 100:g}%"
             for name in ("throttle", "server_error", "reject_entries", "slow", "hang")
             if getattr(self, name)
         ]
@@ -70,8 +72,8 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
-        self.server.daemon_threads = True
+        # Quiet about clients that hang up: one that timed out waiting for a slow answer does.
+        self.server = QuietHTTPServer(("127.0.0.1", port), self._handler_class())
         self._thread = threading.Thread(target=self.server.serve_forever, name="fault-proxy", daemon=True)
 
     @property
