@@ -51,7 +51,7 @@ class Scenario:
 
 SCENARIOS = {
     "moderate": Scenario(
-        Faults(throttle=0.05, server_error=0.03, reject_entries=0.05, slow=0.02, hang=0.002), kills=2
+        Faults(throttle=0.1, server_error=0.05, reject_entries=0.1, slow=0.02, hang=0.002), kills=2
     ),
     "heavy": Scenario(
         Faults(throttle=0.2, server_error=0.1, reject_entries=0.2, slow=0.05, hang=0.005), kills=5
@@ -192,7 +192,8 @@ def run_once(
             StreamReader(kinesis, config.dead_letter_stream, outputs.read_dead_letter),
         ]
         killer = Killer(stack, scenario.kills, window_s=rides / rate, seed=seed)
-        for thread in [*readers, killer]:
+        threads: list[StreamReader | Killer] = [*readers, killer]
+        for thread in threads:
             thread.start()
         progress = Progress()
         label = f"{name}, memory {'on' if suppression else 'off'}"
@@ -208,7 +209,7 @@ def run_once(
             time.sleep(0.1)
         seconds = time.monotonic() - started
         time.sleep(0.5)  # the readers catch up with the last writes
-        for thread in [*readers, killer]:
+        for thread in threads:
             thread.stopped.set()
             thread.join()
         stats = stack.mapping.stats

@@ -18,7 +18,7 @@ import pytest
 
 from local_aws.fault_proxy import FaultProxy, Faults
 from local_aws.kinesis_events import event_from_payloads
-from model_service import BatchRetryError, ModelService, build_service
+from model_service import BatchRetryError, KinesisDeadLetters, ModelService, build_service
 from stream.settings import Settings
 from tests.conftest import FakeLambdaContext, RecordingLog, create_stream, read_stream
 
@@ -151,3 +151,22 @@ def test_the_fault_proxy_fails_whole_calls_as_kinesis_does(
         with pytest.raises(client.exceptions.ClientError, match=code):
             client.put_records(StreamName="any", Records=[{"Data": b"{}", "PartitionKey": "k"}])
         assert client.list_streams()["StreamNames"] is not None  # other calls pass through
+
+
+def test_the_function_is_wired_with_the_configured_margin_memory_and_bounded_clients(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    service = function(
+        model_dir,
+        tmp_path,
+        DEAD_LETTER_STREAM_NAME="dlq",
+        DEADLINE_SAFETY_MARGIN_MS="2500",
+        REDELIVERY_MEMORY_SIZE="7",
+    )
+    assert service.safety_margin_s == 2.5
+    assert service.memory.size == 7
+    dead_letters = service.dead_letters
+    assert isinstance(dead_letters, KinesisDeadLetters)
+    assert service.predictions.clients is not None
+    assert dead_letters.writer.clients is service.predictions.clients  # one set of clients
+    assert service.predictions.client is service.predictions.clients.default

@@ -14,6 +14,8 @@ def test_defaults() -> None:
     assert settings.put_records_retry.max_delay == 2.0
     assert settings.log_level == "INFO"
     assert settings.kinesis_endpoint_url is None
+    assert settings.deadline_safety_margin_s == 1.0
+    assert settings.redelivery_memory_size == 20_000
 
 
 def test_every_variable_is_read() -> None:
@@ -29,6 +31,8 @@ def test_every_variable_is_read() -> None:
             "PUT_RECORDS_MAX_DELAY_MS": "400",
             "LOG_LEVEL": "debug",
             "KINESIS_ENDPOINT_URL": "http://localhost:4566",
+            "DEADLINE_SAFETY_MARGIN_MS": "2500",
+            "REDELIVERY_MEMORY_SIZE": "0",
         }
     )
     assert settings.model_uri == "models:/ride-duration@champion"
@@ -38,6 +42,7 @@ def test_every_variable_is_read() -> None:
     assert (retry.max_attempts, retry.base_delay, retry.max_delay) == (3, 0.05, 0.4)
     assert settings.log_level == "DEBUG"
     assert settings.kinesis_endpoint_url == "http://localhost:4566"
+    assert (settings.deadline_safety_margin_s, settings.redelivery_memory_size) == (2.5, 0)
 
 
 def test_course_run_id_defaults_to_experiment_1() -> None:
@@ -51,6 +56,8 @@ def test_course_run_id_defaults_to_experiment_1() -> None:
         ("PUT_RECORDS_MAX_ATTEMPTS", "many", "PUT_RECORDS_MAX_ATTEMPTS must be an integer, got 'many'"),
         ("PUT_RECORDS_MAX_ATTEMPTS", "0", "PUT_RECORDS_MAX_ATTEMPTS must be at least 1, got 0"),
         ("PUT_RECORDS_BASE_DELAY_MS", "-5", "PUT_RECORDS_BASE_DELAY_MS must be at least 0, got -5"),
+        ("REDELIVERY_MEMORY_SIZE", "-1", "REDELIVERY_MEMORY_SIZE must be at least 0, got -1"),
+        ("DEADLINE_SAFETY_MARGIN_MS", "1s", "DEADLINE_SAFETY_MARGIN_MS must be an integer, got '1s'"),
     ],
 )
 def test_malformed_numbers_name_the_variable(name: str, value: str, message: str) -> None:
