@@ -245,8 +245,7 @@ class ModelService:
             return list(records), []
         fresh: list[KinesisRecord] = []
         skipped: list[RecordOutcome] = []
-        for record in records:
-            written = self.memory.recall(record.event_id)
+        for record, written in zip(records, self.memory.recall([r.event_id for r in records]), strict=True):
             if written is None:
                 fresh.append(record)
             else:
@@ -254,9 +253,8 @@ class ModelService:
         return fresh, skipped
 
     def remember_written(self, outcomes: list[RecordOutcome]) -> None:
-        for o in outcomes:
-            if o.outcome is Outcome.PREDICTED or o.outcome is Outcome.DEAD_LETTERED:
-                self.memory.remember(o.record.event_id, o.outcome.value)
+        for outcome in (Outcome.PREDICTED, Outcome.DEAD_LETTERED):
+            self.memory.remember((o.record.event_id for o in outcomes if o.outcome is outcome), outcome.value)
 
     @staticmethod
     def decode(

@@ -176,10 +176,13 @@ class KinesisStreamWriter:
         result = WriteResult()
         sendable: list[OutputRecord] = []
         for record in records:
-            if (problem := entry_problem(record)) is None:
-                sendable.append(record)
+            if (
+                record.size <= MAX_BYTES_PER_RECORD
+                and 0 < len(record.partition_key) <= MAX_PARTITION_KEY_CHARS
+            ):
+                sendable.append(record)  # the usual case, without a call per record
             else:
-                result.refused.append(FailedWrite(record, problem, retryable=False))
+                result.refused.append(FailedWrite(record, entry_problem(record) or "", retryable=False))
         stopped: CallFailure | None = None  # what ends this put early: the deadline, a bad call
         for chunk in chunk_records(sendable):
             if stopped is None:

@@ -287,4 +287,4 @@ def test_the_memory_is_keyed_by_source_event_id(streams: Any, model: LoadedModel
     memory = RedeliveryMemory()
     service_with(streams, model, RecordingLog(), memory=memory).handle(event_from_payloads([ride(1)]))
     [prediction] = read_stream(streams, "ride_predictions")
-    assert memory.recall(prediction["source"]["event_id"]) == "predicted"
+    assert memory.recall([prediction["source"]["event_id"]]) == ["predicted"]
