@@ -23,7 +23,7 @@ check-python = $(if $(filter $(SUPPORTED_PYTHONS),$(PYTHON_VERSION)),,$(error $(
 export UV_COMPILE_BYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo up test unit deploy-checks integration bench lint actionlint format train lock tool-locks clean
+.PHONY: help setup demo up test unit deploy-checks integration bench chaos lint actionlint format train lock tool-locks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ integration: setup  ## the end-to-end test, Docker-less (integration-test/run.sh
 
 bench: setup  ## benchmarks against baselines (moto over HTTP): writes benchmarks/results/
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+chaos: setup  ## the local pipeline under injected faults, 4 runs of 10,000 rides (~10 min): lost, duplicates
+	$(BIN)/python -m local_aws.chaos $(ARGS)
 
 lint: setup  ## ruff check and format check, mypy (strict: [tool.mypy] in pyproject.toml), actionlint
 	$(BIN)/ruff check .
