@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         trips = open_trips(args.input)
         settings = Settings.from_env(env)
         model = load_configured_model(settings)
+        if model.features.warning:
+            print(f"warning: {model.features.warning}", file=sys.stderr)
         with (
             trips.file,
             tqdm(total=trips.rows, unit="rows", unit_scale=True, disable=args.no_progress) as bar,

@@ -1,7 +1,9 @@
 """Lambda entry point: `lambda_function.lambda_handler`.
 
 The service (model, clients) is built once per container, during Lambda's init phase: a
-model that cannot be loaded fails the init with an error naming the URI, not the first batch.
+model that cannot be loaded, or that fails its self-test, fails the init with an error naming
+the URI, not the first batch. The event `{"self_test": true}` (never a Kinesis event) answers
+with a new self-test report of the loaded model and writes nothing (docs/model.md).
 """
 
 import gc
@@ -10,6 +12,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from model_service import build_service, register_restore_hooks
+from stream.self_test import is_self_test_event
 from stream.settings import Settings
 
 settings = Settings.from_env()
@@ -23,4 +26,6 @@ gc.freeze()
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if is_self_test_event(event):
+        return service.model.self_test().to_dict()
     return service.handle(event, context)

@@ -21,6 +21,7 @@ import boto3
 from botocore.config import Config
 
 from stream import restore_hooks
+from stream.features import RideColumns
 from stream.kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
 from stream.model_loading import LoadedModel, load_model
 from stream.ride_events import (
@@ -38,15 +39,10 @@ from stream.ride_events import (
 from stream.settings import Settings
 
 
-def ride_features(pickup_zone: int, dropoff_zone: int, trip_distance: float) -> dict[str, Any]:
-    """The features the course model was trained on: the zone pair, and the distance."""
-    return {"PU_DO": f"{pickup_zone}_{dropoff_zone}", "trip_distance": trip_distance}
-
-
 def predict_durations(model: LoadedModel, rides: Sequence[Ride]) -> list[float]:
-    """Minutes per ride, in ONE model call. Shared by the stream, web and batch modes."""
-    features = [ride_features(r.PULocationID, r.DOLocationID, r.trip_distance) for r in rides]
-    return [float(value) for value in model.predict(features)]
+    """Minutes per ride, in ONE model call, the input shaped as the model declared at load
+    (stream/features.py). Shared by the stream, web and batch modes."""
+    return model.predict_rides(RideColumns.from_rides(rides))
 
 
 class Outcome(Enum):
@@ -345,9 +341,13 @@ def build_service(settings: Settings, log: Log) -> ModelService:
             "model_uri": model.info.uri,
             "model_version": model.info.version,
             "flavor": model.flavor,
+            "features": model.features.describe(),
+            "self_test": f"passed on {len(model.known_rides.rides)} {model.known_rides.source}",
             **{name: round(value, 4) for name, value in model.timings.items()},
         },
     )
+    if model.features.warning:
+        log.warning(model.features.warning, extra={"model_uri": model.info.uri})
     if model.version_mismatch:
         log.warning("model and runtime differ: retrain or pin", extra={"problem": model.version_mismatch})
     return ModelService(model, predictions, dead_letters, log, ride_types(settings.ride_bounds).event)

@@ -151,5 +151,13 @@ def app_from_env(env: Mapping[str, str] | None = None) -> Flask:
         # One clear line and a non-zero exit, rather than a traceback per worker boot.
         print(f"web_service: {type(error).__name__}: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    log.info("model loaded: %s (version %s, %s)", model.info.uri, model.info.version, model.flavor)
+    log.info(
+        "model loaded: %s (version %s, %s), given %s",
+        model.info.uri,
+        model.info.version,
+        model.flavor,
+        model.features.describe(),
+    )
+    if model.features.warning:
+        log.warning("%s", model.features.warning)
     return create_app(model, settings.ride_bounds)

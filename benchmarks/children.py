@@ -67,6 +67,9 @@ def cold_ours() -> dict:
         "answered": time.time() - (built - initialised),  # building the test event is not the function's
         "fetch_s": lambda_function.service.model.timings["fetch_s"],
         "deserialise_s": lambda_function.service.model.timings["deserialise_s"],
+        # The signature check and the self-test (stream/features.py, stream/self_test.py).
+        "checks_s": lambda_function.service.model.timings["contract_s"]
+        + lambda_function.service.model.timings["self_test_s"],
     }
 
 
@@ -81,14 +84,16 @@ def cold_pyfunc() -> dict:
     built = time.time()
     import base64  # noqa: PLC0415
 
-    from model_service import ride_features  # noqa: PLC0415 - the same features, no other service code
+    from stream.features import ride_features  # noqa: PLC0415 - the same features, no other service code
 
     rides = [json.loads(base64.b64decode(r["kinesis"]["data"])) for r in first_batch["Records"]]
     features = [
         ride_features(r["ride"]["PULocationID"], r["ride"]["DOLocationID"], r["ride"]["trip_distance"])
         for r in rides
     ]
-    predictions = model.predict(features)
+    # Through pyfunc's own predict, a model with a signature gets a pandas DataFrame, which the
+    # DictVectorizer cannot read: the course's feature dicts go to the scikit-learn model itself.
+    predictions = model.get_raw_model().predict(features)
     kinesis = boto3.client("kinesis")
     kinesis.put_records(
         StreamName=os.environ["PREDICTIONS_STREAM_NAME"],

@@ -7,7 +7,10 @@
 Data: NYC TLC green-taxi trip files (parquet with lpep_pickup_datetime, lpep_dropoff_datetime,
 PULocationID, DOLocationID, trip_distance). Target: duration in minutes, kept within 1-60.
 Model: DictVectorizer + LinearRegression (default) or RandomForestRegressor on the features
-`PU_DO` ("<pick-up>_<drop-off>") and `trip_distance` (model_service.ride_features).
+`PU_DO` ("<pick-up>_<drop-off>") and `trip_distance`, built by the service's own code
+(stream/features.py). Logged with them: an MLflow signature (the function checks it at load), an
+input example, and a few known rides with the model's predictions (MLmodel metadata
+`known_rides`, predicted again by the function's load-time self-test: stream/self_test.py).
 
 MLflow: tracking at MLFLOW_TRACKING_URI (default sqlite:///.mlflow/mlflow.db), artifacts in
 the experiment's artifact location (--artifact-location, default .mlflow/artifacts; an
@@ -24,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,13 +35,18 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 
-from model_service import ride_features
+from stream.features import COURSE_FEATURES, FeatureDicts, RideColumns
+from stream.ride_events import Ride
+from stream.self_test import known_rides_metadata
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / '.mlflow' / 'mlflow.db'}"
 DEFAULT_ARTIFACT_LOCATION = str(PROJECT_ROOT / ".mlflow" / "artifacts")
 MIN_DURATION, MAX_DURATION = 1.0, 60.0
+KNOWN_RIDES = 6  # validation rides recorded with the model for the load-time self-test
+# What the pipeline is trained on (names from stream/features.py); the signature follows.
+TRAIN_FEATURES = COURSE_FEATURES
 TLC_COLUMNS = [
     "lpep_pickup_datetime",
     "lpep_dropoff_datetime",
@@ -89,17 +98,37 @@ def read_trips(path: str) -> pd.DataFrame:
     return frame
 
 
-def prepare(frame: pd.DataFrame) -> tuple[list[dict], np.ndarray]:
-    """Course preparation: duration in minutes within 1-60, then the service's own features."""
+def prepare(frame: pd.DataFrame) -> tuple[list[dict[str, Any]], np.ndarray, RideColumns]:
+    """Course preparation: duration in minutes within 1-60, then the service's own features
+    (and the rides they came from, by column)."""
     duration = (frame.lpep_dropoff_datetime - frame.lpep_pickup_datetime).dt.total_seconds() / 60
     keep = duration.between(MIN_DURATION, MAX_DURATION)
     keep &= frame.PULocationID.notna() & frame.DOLocationID.notna() & frame.trip_distance.notna()
     kept = frame[keep]
-    features = [
-        ride_features(int(pu), int(do), float(distance))
-        for pu, do, distance in zip(kept.PULocationID, kept.DOLocationID, kept.trip_distance, strict=True)
-    ]
-    return features, duration[keep].to_numpy()
+    rides = RideColumns(
+        kept.PULocationID.astype("int64").tolist(),
+        kept.DOLocationID.astype("int64").tolist(),
+        kept.trip_distance.astype("float64").tolist(),
+    )
+    return FeatureDicts(TRAIN_FEATURES).build(rides), duration[keep].to_numpy(), rides
+
+
+def pick_known_rides(rides: RideColumns, count: int = KNOWN_RIDES) -> list[Ride]:
+    """A few rides spread over the set, each one the service would accept."""
+    picked: list[Ride] = []
+    for position in np.linspace(0, len(rides) - 1, min(len(rides), 20 * count)).astype(int):
+        try:
+            ride = Ride(
+                PULocationID=rides.PULocationID[position],
+                DOLocationID=rides.DOLocationID[position],
+                trip_distance=rides.trip_distance[position],
+            )
+        except ValueError:  # pydantic's ValidationError: a ride the service would refuse
+            continue
+        picked.append(ride)
+        if len(picked) == count:
+            break
+    return picked
 
 
 def make_model(kind: str, seed: int) -> Pipeline:
@@ -154,6 +183,7 @@ def train(
     import sklearn  # noqa: PLC0415
     from mlflow import MlflowClient  # noqa: PLC0415
     from mlflow.artifacts import download_artifacts  # noqa: PLC0415
+    from mlflow.models import infer_signature  # noqa: PLC0415
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -177,8 +207,8 @@ def train(
         shuffled = train_frame.sample(frac=1.0, random_state=seed)
         cut = int(len(shuffled) * 0.8)
         train_frame, val_frame = shuffled.iloc[:cut], shuffled.iloc[cut:]
-    x_train, y_train = prepare(train_frame)
-    x_val, y_val = prepare(val_frame)
+    x_train, y_train, _ = prepare(train_frame)
+    x_val, y_val, val_rides = prepare(val_frame)
     log(f"data: {source}: {len(x_train):,} training and {len(x_val):,} validation rides (1-60 min)")
 
     pipeline = make_model(model_kind, seed)
@@ -195,9 +225,16 @@ def train(
             }
         )
         mlflow.log_metric("rmse", rmse)
+        # The contract the function checks at load, and rides its self-test predicts again.
+        known = pick_known_rides(val_rides)
+        example = FeatureDicts(TRAIN_FEATURES).build(RideColumns.from_rides(known))
+        answers = pipeline.predict(example)
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
+            signature=infer_signature(pd.DataFrame(example), answers),
+            input_example=example,
+            metadata=known_rides_metadata(known, answers),
             serialization_format=serialization_format,
             # Listing requirements skips MLflow's inference, which loads the model in a
             # subprocess (about 15 s here).

@@ -8,6 +8,10 @@ mlflow is installed (the dev environment, `stream/model_registry.py`); other fla
 `mlflow.pyfunc`. Measured on this project's model (benchmarks/README.md): importing
 `mlflow.pyfunc` alone costs about 2 s of cold start, as much again as scikit-learn itself.
 Downloaded models are kept under the cache directory, the most recently used few only.
+
+Then two checks, so that a model that cannot serve fails the init instead of dead-lettering
+every ride: its signature against the features the function can give (`stream/features.py`),
+and its answers to known rides (`stream/self_test.py`).
 """
 
 from __future__ import annotations
@@ -19,16 +23,28 @@ import pickle
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import yaml
+from threadpoolctl import threadpool_limits
 
+from stream.features import (
+    FeatureArray,
+    FeatureChoice,
+    FeatureContractError,
+    RideColumns,
+    as_durations,
+    choose_features,
+    read_signature,
+)
 from stream.model_registry import RegistryUnavailableError, is_registry_uri, pin
 from stream.ride_events import ModelInfo
+from stream.self_test import KnownRides, SelfTestReport, run_self_test
 
 # Downloaded models kept under MODEL_CACHE_DIR, most recently used first: a Lambda container
 # loads one, a developer's machine sees a new one per training run (Lambda's /tmp is 512 MB).
@@ -46,48 +62,106 @@ class ModelLoadError(RuntimeError):
 
 
 class Predictor(Protocol):
-    def predict(self, features: list[dict[str, Any]]) -> Sequence[float]: ...
+    def predict(self, features: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to predict, what it is, and what loading it cost."""
+    """A model ready to predict, what it is given, what it is, and what loading it cost."""
 
     predictor: Predictor
     info: ModelInfo
     flavor: str
     local_dir: Path
+    features: FeatureChoice
+    known_rides: KnownRides
     timings: dict[str, float] = field(default_factory=dict)
     version_mismatch: str | None = None
 
-    def predict(self, features: list[dict[str, Any]]) -> Sequence[float]:
+    def predict(self, features: Any) -> Any:
+        """The model's own predict, on input already built (see predict_rides)."""
         return self.predictor.predict(features)
+
+    def predict_rides(self, rides: RideColumns) -> list[float]:
+        """Minutes per ride, in ONE model call, with the input built as this model wants it."""
+        builder = self.features.builder
+        model_input = builder.build(rides)
+        if isinstance(builder, FeatureArray) and builder.fitted_with_names:
+            with warnings.catch_warnings():
+                # Fitted on a DataFrame, scikit-learn warns on every array; load checked the order.
+                warnings.filterwarnings("ignore", "X does not have valid feature names", UserWarning)
+                output = self.predictor.predict(model_input)
+        else:
+            output = self.predictor.predict(model_input)
+        return as_durations(output, len(rides))
+
+    def self_test(self) -> SelfTestReport:
+        """Predict the known rides again and compare (the load check, and the self-test event)."""
+        return run_self_test(self.predict_rides, self.known_rides, self.info.uri, self.info.version)
 
 
 def load_model(uri: str, cache_dir: Path, s3_client_factory: Callable[[], Any] | None = None) -> LoadedModel:
-    """Fetch (or reuse from the cache) the model directory, then deserialise it."""
+    """Fetch (or reuse from the cache) the model directory, deserialise it, and check it: its
+    signature against the features the function makes, its answers against its known rides."""
     started = time.perf_counter()
     try:
         local_dir, registry_version = fetch_model_dir(uri, cache_dir, s3_client_factory)
         fetched = time.perf_counter()
         mlmodel = read_mlmodel(local_dir)
         predictor, flavor = deserialise(local_dir, mlmodel)
+        loaded = time.perf_counter()
+        features = choose_features(predictor, flavor, read_signature(mlmodel))
+        known_rides = KnownRides.from_mlmodel(mlmodel)
     except ModelLoadError as error:
         where = "" if error.uri == uri else f"{error.uri}: "
         raise ModelLoadError(uri, where + error.reason) from error
+    except FeatureContractError as error:
+        raise ModelLoadError(uri, str(error)) from error
     except Exception as error:  # any failure here must name the URI
         raise ModelLoadError(uri, f"{type(error).__name__}: {error}") from error
-    loaded = time.perf_counter()
+    checked = time.perf_counter()
     run_id = mlmodel.get("run_id")
     version = registry_version or run_id or mlmodel.get("model_id") or "unknown"
-    return LoadedModel(
+    model = LoadedModel(
         predictor=predictor,
         info=ModelInfo(uri=uri, version=str(version), run_id=run_id),
         flavor=flavor,
         local_dir=local_dir,
-        timings={"fetch_s": fetched - started, "deserialise_s": loaded - fetched},
+        features=features,
+        known_rides=known_rides,
+        timings={
+            "fetch_s": fetched - started,
+            "deserialise_s": loaded - fetched,
+            "contract_s": checked - loaded,
+        },
         version_mismatch=sklearn_version_mismatch(mlmodel),
     )
+    # One thread: gunicorn --preload forks its workers after this, and an OpenMP pool started in
+    # the parent hangs them (a HistGradientBoostingRegressor's workers each hit gunicorn's 30 s
+    # timeout on their first request). threadpoolctl comes with scikit-learn; ~3 ms here.
+    with threadpool_limits(limits=1):
+        report = model.self_test()
+    model.timings["self_test_s"] = report.seconds
+    if not report.passed:
+        raise ModelLoadError(uri, f"self-test failed: {report.problem}{_hints(model)}")
+    return model
+
+
+def _hints(model: LoadedModel) -> str:
+    """What may explain a failed self-test: the library versions, the features it was given."""
+    hints = []
+    if model.version_mismatch:
+        hints.append(model.version_mismatch)
+    if model.features.source == "course default":
+        names = list(model.features.builder.names)
+        hints.append(
+            f"the model has no signature, so it was given the course's features {names} as feature dicts"
+        )
+    elif model.flavor == "pyfunc":
+        hints.append(
+            "mlflow.pyfunc turns the feature dicts into a pandas DataFrame for a model with a signature"
+        )
+    return "".join(f" ({hint})" for hint in hints)
 
 
 def fetch_model_dir(

@@ -23,7 +23,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from local_aws.moto_stack import wait_for_http
-from scripts.train import TrainedModel, train
+from scripts.train import TrainedModel, synthetic_trips, train
 
 AWS_VARIABLES = [
     "AWS_ENDPOINT_URL",
@@ -77,6 +77,26 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
 def model_dir(trained_model: TrainedModel) -> Path:
     assert trained_model.export_dir is not None
     return trained_model.export_dir
+
+
+@pytest.fixture(scope="session")
+def own_model_dir(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model of the other common shape, made as docs/model.md's worked example makes it: a
+    regressor over [PULocationID, DOLocationID, trip_distance], logged with a signature."""
+    import mlflow
+
+    from scripts.own_model_example import train_and_log
+
+    root = tmp_path_factory.mktemp("own-model")
+    mlflow.set_tracking_uri(trained_model.tracking_uri)
+    try:
+        mlflow.set_experiment(
+            experiment_id=mlflow.create_experiment("own-model", artifact_location=str(root / "a"))
+        )
+        train_and_log(synthetic_trips(5_000, month=1, seed=7), export_dir=root / "model")
+    finally:
+        mlflow.set_tracking_uri(None)
+    return root / "model"
 
 
 @pytest.fixture(scope="session")

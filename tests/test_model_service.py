@@ -26,8 +26,8 @@ from model_service import (
     NotAKinesisEventError,
     Outcome,
     build_service,
-    ride_features,
 )
+from stream.features import ride_features
 from stream.kinesis_output import KinesisStreamWriter, RetryPolicy
 from stream.model_loading import LoadedModel, load_model
 from stream.ride_events import MAX_LOGGED_DEAD_LETTER_DATA_CHARS, DeadLetter, KinesisRecord

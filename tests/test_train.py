@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_service import ride_features
 from scripts.train import TLC_COLUMNS, TrainedModel, main, prepare, synthetic_trips, train
+from stream.features import ride_features
 from stream.model_loading import load_model
 
 
@@ -29,7 +29,7 @@ def test_preparation_keeps_rides_of_1_to_60_minutes_and_uses_the_service_feature
             "trip_distance": [1.0, 2.0, 3.0, 4.0],
         }
     )
-    features, target = prepare(trips)
+    features, target, _ = prepare(trips)
     assert features == [ride_features(2, 6, 2.0), ride_features(3, 7, 3.0)]
     assert list(target) == [1.0, 60.0]
 
@@ -37,7 +37,7 @@ def test_preparation_keeps_rides_of_1_to_60_minutes_and_uses_the_service_feature
 def test_trained_model_learns_the_synthetic_relation(trained_model: TrainedModel, model_dir: Path) -> None:
     # Noise alone (log-normal, sigma 0.25) leaves an RMSE of a few minutes; a useless
     # model (the mean) would be far off.
-    features, target = prepare(synthetic_trips(2000, month=3, seed=42))
+    features, target, _ = prepare(synthetic_trips(2000, month=3, seed=42))
     baseline = float(np.sqrt(np.mean((target - target.mean()) ** 2)))
     assert trained_model.rmse < 0.75 * baseline
     predictions = np.asarray(load_model(str(model_dir), model_dir.parent / "cache").predict(features))

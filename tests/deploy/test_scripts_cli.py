@@ -10,10 +10,18 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from scripts import deploy, invoke, publish, smoke_test
+from scripts import account_stacks, deploy, invoke, promote, publish, replay, smoke_test
 from scripts.stack import PROJECT_ROOT, load_template, run
 
-SCRIPTS = {"publish": publish, "deploy": deploy, "smoke_test": smoke_test, "invoke": invoke}
+SCRIPTS = {
+    "publish": publish,
+    "deploy": deploy,
+    "smoke_test": smoke_test,
+    "invoke": invoke,
+    "replay": replay,
+    "promote": promote,
+    "account_stacks": account_stacks,
+}
 STAGE_SCRIPTS = ["deploy", "smoke_test", "invoke"]
 
 
@@ -64,7 +72,7 @@ def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing may be reached
 
 
-@pytest.mark.parametrize("name", STAGE_SCRIPTS)
+@pytest.mark.parametrize("name", [*STAGE_SCRIPTS, "replay"])
 def test_without_credentials_each_script_says_how_to_get_them(
     name: str, no_credentials: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -49,7 +49,7 @@ def accepts(parameter: str, value: str) -> bool:
     return re.fullmatch(spec.get("AllowedPattern", ".*"), value) is not None
 
 
-def test_template_passes_cfn_lint_including_informational_rules(cfn_lint_result: tuple[int, str]) -> None:
+def test_templates_pass_cfn_lint_including_informational_rules(cfn_lint_result: tuple[int, str]) -> None:
     assert cfn_lint_result == (0, "")
 
 
