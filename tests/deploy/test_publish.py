@@ -229,6 +229,7 @@ def test_publish_builds_for_lambda_pushes_and_returns_the_pushed_digest(client: 
 def test_x86_64_builds_for_linux_amd64_and_the_base_digest_is_printed(
     client: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    create_repository(client("ecr"))
     docker = FakeDocker(client("ecr"))
 
     publish.publish(client("ecr"), "ride-duration", COMMIT, None, run_command=docker, arch="x86_64")
@@ -243,6 +244,7 @@ def test_a_base_image_without_a_registry_digest_stops_the_build(client: Any) -> 
     def docker(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(command, 0, "[]" if "inspect" in command else "", "")
 
+    create_repository(client("ecr"))
     with pytest.raises(PrerequisiteError, match="reports no digest"):
         publish.publish(client("ecr"), "ride-duration", COMMIT, None, run_command=docker)
 
@@ -261,7 +263,8 @@ def test_a_commit_already_published_is_not_built_again(client: Any) -> None:
 
 
 def scan_findings(endpoint: str, tag: str, counts: dict[str, int]) -> None:
-    """Tell moto what the scan of ride-duration:<tag> found (by default it reports one HIGH)."""
+    """Tell moto what the scan of ride-duration:<tag> found (by default it reports one HIGH).
+    publish tags `<commit>-<arch>` (arm64 by default) when no model is baked in."""
     result = {
         "registryId": "123456789012",
         "repositoryName": "ride-duration",
@@ -292,7 +295,7 @@ def test_publish_reports_the_critical_and_high_findings_and_prints_the_image(
 ) -> None:
     ecr = client("ecr")
     create_repository(ecr)
-    scan_findings(aws_endpoint, COMMIT, {"CRITICAL": 1, "HIGH": 2, "MEDIUM": 5, "LOW": 1})
+    scan_findings(aws_endpoint, f"{COMMIT}-arm64", {"CRITICAL": 1, "HIGH": 2, "MEDIUM": 5, "LOW": 1})
 
     assert run(lambda argv: publish.main(argv, run_command=PublishingGit(ecr)), []) == 0
 
@@ -321,7 +324,7 @@ def test_fail_on_refuses_findings_at_or_above_its_severity_and_prints_no_image( 
 ) -> None:
     ecr = client("ecr")
     create_repository(ecr)
-    scan_findings(aws_endpoint, COMMIT, counts)
+    scan_findings(aws_endpoint, f"{COMMIT}-arm64", counts)
 
     assert run(lambda argv: publish.main(argv, run_command=PublishingGit(ecr)), ["--fail-on", fail_on]) == 1
 
@@ -340,7 +343,7 @@ def test_fail_on_lets_lower_findings_through(
 ) -> None:
     ecr = client("ecr")
     create_repository(ecr)
-    scan_findings(aws_endpoint, COMMIT, {"HIGH": 4, "MEDIUM": 1})
+    scan_findings(aws_endpoint, f"{COMMIT}-arm64", {"HIGH": 4, "MEDIUM": 1})
 
     assert (
         run(lambda argv: publish.main(argv, run_command=PublishingGit(ecr)), ["--fail-on", "critical"]) == 0
