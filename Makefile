@@ -119,8 +119,9 @@ STAGE ?= dev
 ARCH ?= arm64
 .PHONY: requirements ecr ci-role publish package deploy promote smoke invoke replay
 
-requirements: | $(UV)  ## requirements-lambda.txt from uv.lock: the runtime set the image installs
+requirements: | $(UV)  ## requirements-lambda.txt and requirements-web.txt from uv.lock: what the two images install
 	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
+	$(UV) export --frozen --no-default-groups --group web --no-emit-project --quiet > requirements-web.txt
 
 ecr: setup  ## create/update the image repository's stack, ride-duration-ecr (once per account and region)
 	$(BIN)/python -m scripts.account_stacks ecr $(ARGS)
@@ -151,7 +152,7 @@ invoke: setup  ## invoke the stage's function once with a sample Kinesis event, 
 	$(BIN)/python -m scripts.invoke --stage $(STAGE) $(ARGS)
 
 # --- Web service and batch scoring (same model path as the function) ---------------------
-.PHONY: serve score
+.PHONY: serve score web-image docker-engine
 # MODEL_URI (the same variable as the function's) defaults to ./model here; deploy reads it too,
 # so the default is applied per target, not globally.
 SERVE_MODEL_URI = $(or $(MODEL_URI),model)
@@ -176,3 +177,18 @@ serve: setup $(LOCAL_MODEL)  ## HTTP predictions under gunicorn (MODEL_URI=model
 
 score: setup $(LOCAL_MODEL) $(SAMPLE_INPUT)  ## batch predictions (INPUT=… OUTPUT=… local or s3://, ARGS=…)
 	MODEL_URI='$(SERVE_MODEL_URI)' $(BIN)/python -m batch_scoring '$(INPUT)' '$(OUTPUT)' $(ARGS)
+
+# The web service's image (web.Dockerfile). MODEL_DIR=model bakes ./model in (trained first if
+# missing); PLATFORM=linux/arm64 builds for another machine (buildx); WEB_IMAGE names the image.
+WEB_IMAGE ?= ride-duration-web
+WEB_MODEL := $(if $(filter model,$(MODEL_DIR)),model/MLmodel)
+
+web-image: docker-engine $(WEB_MODEL)  ## build the web service's image with Docker (MODEL_DIR=model bakes ./model in; WEB_IMAGE=ride-duration-web)
+	docker build -f web.Dockerfile $(if $(PLATFORM),--platform $(PLATFORM)) \
+		$(if $(MODEL_DIR),--build-arg MODEL_DIR=$(MODEL_DIR)) -t $(WEB_IMAGE) .
+	@echo "built $(WEB_IMAGE): docker run --rm -p 9696:9696 $(WEB_IMAGE)"
+
+# Checked first, so that a machine without Docker hears so before anything is trained or built.
+docker-engine:
+	@command -v docker >/dev/null 2>&1 || { echo "docker not found: this target builds an image and needs Docker 23+ (https://docs.docker.com/get-docker/); make serve runs the same service without it" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "docker is installed but its engine is not running (or this user may not use it): start Docker, then run this again" >&2; exit 1; }
