@@ -18,7 +18,7 @@ from stream.settings import Settings
 settings = Settings.from_env()
 logger = Logger(service="ride-duration-prediction", level=settings.log_level)
 service = build_service(settings, logger)
-register_restore_hooks(service, settings)  # SnapStart (zip): renewed in each restored copy
+register_restore_hooks(service)  # SnapStart (zip): renewed in each restored copy
 # The imports leave ~150k objects that every full garbage collection would walk again: one
 # took 140 ms during a batch here. Frozen, they are never scanned, and batches keep steady.
 gc.freeze()

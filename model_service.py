@@ -1,14 +1,16 @@
 """The streaming ride-duration service: one Kinesis batch in, predictions out.
 
-Read `ModelService.process` top to bottom: decode and validate every record, predict all
-valid rides with ONE model call, write the predictions with PutRecords, dead-letter the
-records no retry can fix, and report the rest to Lambda for a retry. Every input record
-ends as exactly one `Outcome`.
+Read `ModelService.process` top to bottom: set aside re-delivered records this container
+already wrote, decode and validate every other record, predict all valid rides with ONE model
+call, write the predictions with PutRecords, dead-letter the records no retry can fix, and
+report the rest to Lambda for a retry, all within the invocation's time budget. Every input
+record ends as exactly one `Outcome`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections import Counter
@@ -21,9 +23,11 @@ import boto3
 from botocore.config import Config
 
 from stream import restore_hooks
+from stream.deadline import BoundedClients, Deadline
 from stream.features import RideColumns
 from stream.kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
 from stream.model_loading import LoadedModel, load_model
+from stream.redelivery import RedeliveryMemory
 from stream.ride_events import (
     MAX_LOGGED_DEAD_LETTER_DATA_CHARS,
     DeadLetter,
@@ -49,19 +53,38 @@ class Outcome(Enum):
     PREDICTED = "predicted"
     DEAD_LETTERED = "dead_lettered"
     RETRY = "retry"
+    # Re-delivered records this container had already written (stream/redelivery.py): done,
+    # and not written again.
+    ALREADY_PREDICTED = "already_predicted"
+    ALREADY_DEAD_LETTERED = "already_dead_lettered"
+
+
+# What the re-delivery memory holds for a written record -> its outcome when it comes back.
+WRITTEN_BEFORE = {
+    Outcome.PREDICTED.value: Outcome.ALREADY_PREDICTED,
+    Outcome.DEAD_LETTERED.value: Outcome.ALREADY_DEAD_LETTERED,
+}
 
 
 @dataclass(slots=True)  # per record: not frozen (see ride_events.KinesisRecord)
 class RecordOutcome:
-    """What became of one input record, and why when it was not predicted."""
+    """What became of one input record, and why when it was not predicted. A RETRY whose
+    write failed for a reason no retry cures (a missing stream, no permission) is not
+    `retryable`: Lambda still gets it back once the configuration is fixed."""
 
     record: KinesisRecord
     outcome: Outcome
     reason: str | None = None
+    retryable: bool = True
 
 
 class BatchRetryError(RuntimeError):
-    """Nothing in the batch could be written, for a reason a retry may cure."""
+    """The batch must be retried whole: no prediction could be written, or a write failed for
+    a reason only a change of configuration cures."""
+
+
+class ModelFailureError(RuntimeError):
+    """The model failed on every ride of the batch: the model is broken, not the rides."""
 
 
 @dataclass
@@ -78,13 +101,29 @@ class BatchResult:
         return [o for o in self.outcomes if o.outcome is Outcome.RETRY]
 
     @property
+    def skipped_as_duplicate(self) -> int:
+        """Re-delivered records already written by this container, so not written again."""
+        return self.count(Outcome.ALREADY_PREDICTED) + self.count(Outcome.ALREADY_DEAD_LETTERED)
+
+    @property
     def must_fail_whole_batch(self) -> bool:
-        """Raise instead of reporting items: all failed and retryable, or one has no identifier."""
+        """Raise instead of reporting items. Decided by the writes alone (dead letters count
+        neither way): something must be retried and no prediction of the batch is written (now
+        or before a re-delivery), or a write failed for a reason no retry cures, or a record
+        to retry has no sequence number to report it by."""
         retries = self.retries
         if not retries:
             return False
-        nothing_succeeded = len(retries) == len(self.outcomes)
-        return nothing_succeeded or any(not o.record.sequence_number for o in retries)
+        if any(not o.retryable or not o.record.sequence_number for o in retries):
+            return True
+        written = (Outcome.PREDICTED, Outcome.ALREADY_PREDICTED)
+        return not any(o.outcome in written for o in self.outcomes)
+
+    @property
+    def failure_reason(self) -> str | None:
+        """The error to raise with: one no retry cures if there is one, else the first."""
+        retries = self.retries
+        return next((o.reason for o in retries if not o.retryable), retries[0].reason if retries else None)
 
     def response(self) -> dict[str, list[dict[str, str]]]:
         """ReportBatchItemFailures: Lambda re-delivers from the lowest sequence number named."""
@@ -107,8 +146,8 @@ def kinesis_event_records(event: Any) -> list[dict[str, Any]]:
 
 
 class DeadLetterSink(Protocol):
-    def put(self, letters: Sequence[DeadLetter]) -> list[FailedWrite]:
-        """Store the letters; return those that could not be stored."""
+    def put(self, letters: Sequence[DeadLetter], deadline: Deadline) -> list[FailedWrite]:
+        """Store the letters before the deadline; return those that could not be stored."""
         ...
 
 
@@ -119,16 +158,6 @@ class Log(Protocol):
     def exception(self, msg: str, *args: Any, **kwargs: Any) -> None: ...
 
 
-class KinesisDeadLetters:
-    """Dead letters as JSON records on a Kinesis stream, keyed by the input's partition key."""
-
-    def __init__(self, writer: KinesisStreamWriter) -> None:
-        self.writer = writer
-
-    def put(self, letters: Sequence[DeadLetter]) -> list[FailedWrite]:
-        return self.writer.put([to_output_record(letter, letter) for letter in letters]).failed
-
-
 class LoggedDeadLetters:
     """Without a dead-letter stream, each letter is logged at ERROR with its data, cut to stay
     within one CloudWatch Logs event (MAX_LOGGED_DEAD_LETTER_DATA_CHARS)."""
@@ -136,12 +165,26 @@ class LoggedDeadLetters:
     def __init__(self, log: Log) -> None:
         self.log = log
 
-    def put(self, letters: Sequence[DeadLetter]) -> list[FailedWrite]:
+    def put(self, letters: Sequence[DeadLetter], deadline: Deadline | None = None) -> list[FailedWrite]:
         for letter in letters:
             self.log.error(
                 "dead letter", extra={"dead_letter": letter.to_dict(MAX_LOGGED_DEAD_LETTER_DATA_CHARS)}
             )
         return []
+
+
+class KinesisDeadLetters:
+    """Dead letters as JSON records on a Kinesis stream, keyed by the input's partition key.
+    A letter Kinesis could never take (over its record limits) is logged at ERROR instead."""
+
+    def __init__(self, writer: KinesisStreamWriter, log: Log | None = None) -> None:
+        self.writer = writer
+        self.too_big = LoggedDeadLetters(log or logging.getLogger(__name__))
+
+    def put(self, letters: Sequence[DeadLetter], deadline: Deadline | None = None) -> list[FailedWrite]:
+        result = self.writer.put([to_output_record(letter, letter) for letter in letters], deadline)
+        self.too_big.put([refused.record.source for refused in result.refused])
+        return result.failed
 
 
 class ModelService:
@@ -154,34 +197,43 @@ class ModelService:
         dead_letters: DeadLetterSink,
         log: Log,
         ride_event_type: type[RideEvent] = RideEvent,
+        *,
+        memory: RedeliveryMemory | None = None,
+        safety_margin_s: float = 1.0,
     ) -> None:
         self.model = model
         self.predictions = predictions
         self.dead_letters = dead_letters
         self.log = log
         self.ride_event_type = ride_event_type  # ride_types(settings.ride_bounds).event: the bounds
+        self.memory = RedeliveryMemory() if memory is None else memory
+        self.safety_margin_s = safety_margin_s
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         """The Lambda handler's work: process, log, answer (or raise for a whole-batch retry)."""
         records = [KinesisRecord.from_raw(raw) for raw in kinesis_event_records(event)]
-        result = self.process(records)
+        result = self.process(records, Deadline.from_context(context, self.safety_margin_s))
         self.log_result(result)
         if result.must_fail_whole_batch:
-            reason = result.retries[0].reason
-            raise BatchRetryError(f"{len(result.retries)} of {len(records)} records failed: {reason}")
+            raise BatchRetryError(
+                f"{len(result.retries)} of {len(records)} records failed: {result.failure_reason}"
+            )
         return result.response()
 
-    def process(self, records: Sequence[KinesisRecord]) -> BatchResult:
+    def process(self, records: Sequence[KinesisRecord], deadline: Deadline | None = None) -> BatchResult:
+        deadline = deadline or Deadline.none()
         started = time.perf_counter()
-        rides, poison = self.decode(records)
+        fresh, skipped = self.set_aside_written_before(records)
+        rides, poison = self.decode(fresh)
         decoded = time.perf_counter()
         predictions, unpredictable = self.predict(rides)
         predicted = time.perf_counter()
-        outcomes, calls = self.write_predictions(predictions)
-        outcomes += self.dead_letter(poison + unpredictable)
+        outcomes, calls, refused = self.write_predictions(predictions, deadline)
+        outcomes += self.dead_letter(poison + unpredictable + refused, deadline)
+        self.remember_written(outcomes)
         written = time.perf_counter()
         return BatchResult(
-            outcomes=outcomes,
+            outcomes=skipped + outcomes,
             put_records_calls=calls,
             timings_ms={
                 "decode_ms": (decoded - started) * 1000,
@@ -190,6 +242,25 @@ class ModelService:
                 "total_ms": (written - started) * 1000,
             },
         )
+
+    def set_aside_written_before(
+        self, records: Sequence[KinesisRecord]
+    ) -> tuple[list[KinesisRecord], list[RecordOutcome]]:
+        """Re-delivered records this container already wrote are done: they are not written again."""
+        if len(self.memory) == 0:  # nothing written yet, or the memory is off
+            return list(records), []
+        fresh: list[KinesisRecord] = []
+        skipped: list[RecordOutcome] = []
+        for record, written in zip(records, self.memory.recall([r.event_id for r in records]), strict=True):
+            if written is None:
+                fresh.append(record)
+            else:
+                skipped.append(RecordOutcome(record, WRITTEN_BEFORE[written], "written before a re-delivery"))
+        return fresh, skipped
+
+    def remember_written(self, outcomes: list[RecordOutcome]) -> None:
+        for outcome in (Outcome.PREDICTED, Outcome.DEAD_LETTERED):
+            self.memory.remember((o.record.event_id for o in outcomes if o.outcome is outcome), outcome.value)
 
     def decode(
         self, records: Sequence[KinesisRecord]
@@ -207,7 +278,8 @@ class ModelService:
     def predict(
         self, rides: list[tuple[KinesisRecord, RideEvent]]
     ) -> tuple[list[tuple[KinesisRecord, PredictionEvent]], list[DeadLetter]]:
-        """One model call for the batch; a non-finite prediction is a dead letter."""
+        """One model call for the batch; a ride the model fails on (it raises, or answers NaN or
+        infinity) is a dead letter, unless it fails on every ride: then the model is at fault."""
         if not rides:
             return [], []
         durations = self._predict_all([event.ride for _, event in rides])
@@ -223,7 +295,26 @@ class ModelService:
             else:
                 prediction = PredictionEvent(event.ride_id, duration, self.model.info, record.source())
                 predictions.append((record, prediction))
+        if unpredictable:
+            self._model_failed(len(rides), unpredictable, every_ride=not predictions)
         return predictions, unpredictable
+
+    def _model_failed(self, rides: int, failures: list[DeadLetter], every_ride: bool) -> None:
+        """ERROR either way; on every ride, raise: dead letters would hide a broken model, and a
+        function error lets Lambda retry, bisect and fire the Errors alarm."""
+        reasons = dict(Counter(letter.reason for letter in failures).most_common(3))
+        if every_ride:
+            self.log.error(
+                "model failed on every ride: nothing written", extra={"rides": rides, "errors": reasons}
+            )
+            raise ModelFailureError(
+                f"the model failed on every ride of the batch ({rides} rides), nothing was written: "
+                f"{failures[0].reason}"
+            )
+        self.log.error(
+            "model failed on some rides: dead-lettered",
+            extra={"rides": rides, "failed": len(failures), "errors": reasons},
+        )
 
     def _predict_all(self, rides: list[Ride]) -> list[float | str]:
         """The batch in one call; if the model raises, ride by ride to isolate the culprits."""
@@ -240,17 +331,25 @@ class ModelService:
         return results
 
     def write_predictions(
-        self, predictions: list[tuple[KinesisRecord, PredictionEvent]]
-    ) -> tuple[list[RecordOutcome], int]:
-        """PutRecords to the output stream; entries still rejected after retries are retried by Lambda."""
+        self, predictions: list[tuple[KinesisRecord, PredictionEvent]], deadline: Deadline
+    ) -> tuple[list[RecordOutcome], int, list[DeadLetter]]:
+        """PutRecords to the output stream; entries still rejected after retries are retried by
+        Lambda; a prediction Kinesis could never take comes back as a dead letter."""
         if not predictions:
-            return [], 0
-        result = self.predictions.put([to_output_record(event, record) for record, event in predictions])
+            return [], 0, []
+        result = self.predictions.put(
+            [to_output_record(event, record) for record, event in predictions], deadline
+        )
         outcomes = [RecordOutcome(written.source, Outcome.PREDICTED) for written in result.written]
-        outcomes += [RecordOutcome(f.record.source, Outcome.RETRY, f.error) for f in result.failed]
-        return outcomes, result.calls
+        outcomes += [
+            RecordOutcome(f.record.source, Outcome.RETRY, f.error, f.retryable) for f in result.failed
+        ]
+        refused = [
+            DeadLetter(f.record.source, f"prediction cannot be written: {f.error}") for f in result.refused
+        ]
+        return outcomes, result.calls, refused
 
-    def dead_letter(self, letters: list[DeadLetter]) -> list[RecordOutcome]:
+    def dead_letter(self, letters: list[DeadLetter], deadline: Deadline) -> list[RecordOutcome]:
         """Poison records are set aside, never retried; if that fails, Lambda retries them."""
         if not letters:
             return []
@@ -262,13 +361,15 @@ class ModelService:
                 ]
             },
         )
-        failed = self.dead_letters.put(letters)
-        failed_letters = {id(f.record.source): f.error for f in failed}
+        failed = {id(f.record.source): f for f in self.dead_letters.put(letters, deadline)}
         return [
             RecordOutcome(
-                letter.record, Outcome.RETRY, f"dead letter not stored: {failed_letters[id(letter)]}"
+                letter.record,
+                Outcome.RETRY,
+                f"dead letter not stored: {failed[id(letter)].error}",
+                failed[id(letter)].retryable,
             )
-            if id(letter) in failed_letters
+            if id(letter) in failed
             else RecordOutcome(letter.record, Outcome.DEAD_LETTERED, letter.reason)
             for letter in letters
         ]
@@ -282,6 +383,7 @@ class ModelService:
                 "predicted": result.count(Outcome.PREDICTED),
                 "dead_lettered": result.count(Outcome.DEAD_LETTERED),
                 "retryable": result.count(Outcome.RETRY),
+                "skipped_as_duplicate": result.skipped_as_duplicate,
                 "model_version": self.model.info.version,
                 "put_records_calls": result.put_records_calls,
                 **{name: round(value, 3) for name, value in result.timings_ms.items()},
@@ -291,13 +393,18 @@ class ModelService:
             errors = Counter(o.reason for o in result.retries)
             self.log.error(
                 "records reported for retry",
-                extra={"retryable": len(result.retries), "errors": dict(errors.most_common(5))},
+                extra={
+                    "retryable": len(result.retries),
+                    "not_retryable": sum(1 for o in result.retries if not o.retryable),
+                    "errors": dict(errors.most_common(5)),
+                },
             )
 
 
 def aws_client_config() -> Config:
-    """Whole-call retries by botocore's standard mode (AWS_MAX_ATTEMPTS, default 3 attempts);
-    timeouts well under the function's, so a stuck endpoint fails fast (defaults are 60 s)."""
+    """S3 (the model): whole-call retries by botocore's standard mode (AWS_MAX_ATTEMPTS, default
+    3 attempts); timeouts well under the function's, so a stuck endpoint fails fast (defaults
+    are 60 s). Kinesis clients come from stream/deadline.py: they must fit the time budget."""
     return Config(retries={"mode": "standard"}, connect_timeout=3, read_timeout=20)
 
 
@@ -320,19 +427,18 @@ def load_configured_model(settings: Settings) -> LoadedModel:
     return dataclasses.replace(model, info=info)
 
 
-def kinesis_client(settings: Settings) -> Any:
-    return boto3.client("kinesis", endpoint_url=settings.kinesis_endpoint_url, config=aws_client_config())
-
-
 def build_service(settings: Settings, log: Log) -> ModelService:
     """Production wiring: the model, a Kinesis client, the output and dead-letter sinks."""
     model = load_configured_model(settings)
-    kinesis = kinesis_client(settings)
-    predictions = KinesisStreamWriter(kinesis, settings.predictions_stream, settings.put_records_retry)
+    kinesis = BoundedClients(
+        lambda config: boto3.client("kinesis", endpoint_url=settings.kinesis_endpoint_url, config=config)
+    )
+
+    def writer(stream: str) -> KinesisStreamWriter:
+        return KinesisStreamWriter(kinesis.default, stream, settings.put_records_retry, clients=kinesis)
+
     dead_letters: DeadLetterSink = (
-        KinesisDeadLetters(
-            KinesisStreamWriter(kinesis, settings.dead_letter_stream, settings.put_records_retry)
-        )
+        KinesisDeadLetters(writer(settings.dead_letter_stream), log)
         if settings.dead_letter_stream
         else LoggedDeadLetters(log)
     )
@@ -351,13 +457,22 @@ def build_service(settings: Settings, log: Log) -> ModelService:
         log.warning(model.features.warning, extra={"model_uri": model.info.uri})
     if model.version_mismatch:
         log.warning("model and runtime differ: retrain or pin", extra={"problem": model.version_mismatch})
-    return ModelService(model, predictions, dead_letters, log, ride_types(settings.ride_bounds).event)
+    return ModelService(
+        model,
+        writer(settings.predictions_stream),
+        dead_letters,
+        log,
+        ride_types(settings.ride_bounds).event,
+        memory=RedeliveryMemory(settings.redelivery_memory_size),
+        safety_margin_s=settings.deadline_safety_margin_s,
+    )
 
 
-def register_restore_hooks(service: ModelService, settings: Settings) -> bool:
-    """SnapStart: after a restore, new jitter seeds and Kinesis client for the service's writers
-    (stream/restore_hooks.py). False where the runtime never restores (an image, a local run)."""
+def register_restore_hooks(service: ModelService) -> bool:
+    """SnapStart: after a restore, new jitter seeds and Kinesis clients for the service's writers
+    and an empty re-delivery memory (stream/restore_hooks.py). False where the runtime never
+    restores (an image, a local run)."""
     writers = [service.predictions]
     if isinstance(service.dead_letters, KinesisDeadLetters):
         writers.append(service.dead_letters.writer)
-    return restore_hooks.register(writers, lambda: kinesis_client(settings))
+    return restore_hooks.register(writers, memories=[service.memory])

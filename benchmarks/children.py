@@ -20,8 +20,14 @@ import time
 STARTED = time.time()
 
 
-def event(size: int, offset: int = 0) -> dict:
-    """A Kinesis event of course-format rides (the parent uses the same builder)."""
+# Where the benchmark's sequence numbers start (a real one's length, as on AWS).
+FIRST_SEQUENCE_NUMBER = 49590338271490256608559692538361571095921575989136588898
+
+
+def event(size: int, offset: int = 0, sequence_offset: int | None = None) -> dict:
+    """A Kinesis event of course-format rides (the parent uses the same builder). Successive
+    batches of a stream are different records (sequence numbers, by default also ride ids):
+    the same batch twice would be a re-delivery, which the function skips."""
     from local_aws.kinesis_events import event_from_payloads  # noqa: PLC0415
 
     rides = [
@@ -37,7 +43,12 @@ def event(size: int, offset: int = 0) -> dict:
         ).encode()
         for i in range(size)
     ]
-    return event_from_payloads(rides, stream_name="ride_events")
+    return event_from_payloads(
+        rides,
+        stream_name="ride_events",
+        first_sequence_number=FIRST_SEQUENCE_NUMBER
+        + (offset if sequence_offset is None else sequence_offset),
+    )
 
 
 class Context:

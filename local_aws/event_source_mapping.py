@@ -30,8 +30,9 @@ mapping runs in production; this one is for development and tests:
   move past its records. If the destination cannot be written, the records stay and the send
   is retried with backoff.
 
-Not emulated: tumbling windows, filter criteria, enhanced fan-out, the mapping's own scaling and
-throttling (their settings are refused, not ignored). With `ParallelizationFactor` > 1 the lanes
+Not emulated: tumbling windows, filter criteria, enhanced fan-out (no SubscribeToShard: the
+local mapping always polls GetRecords, whatever the stack's EnhancedFanOut), the mapping's own
+scaling and throttling (their settings are refused, not ignored). With `ParallelizationFactor` > 1 the lanes
 of a shard start their batches together and the next ones once all have answered, where AWS
 lets each lane run on.
 """

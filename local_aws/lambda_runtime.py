@@ -263,6 +263,20 @@ class LocalLambda:
         process, self._process = self._process, None
         stop_process(process)
 
+    @property
+    def busy(self) -> bool:
+        """An invocation is in progress."""
+        return self._current is not None
+
+    def crash(self) -> bool:
+        """SIGKILL the function process if it is running an invocation, as a crash or an
+        out-of-memory kill would (fault injection); the next invocation is a cold start."""
+        process = self._process
+        if not self.busy or process is None or process.poll() is not None:
+            return False
+        process.kill()
+        return True
+
     # -- the function's output ------------------------------------------------------------
 
     def _pump_output(self, process: subprocess.Popen[bytes]) -> None:

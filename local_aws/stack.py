@@ -11,6 +11,7 @@ The model is `model_uri` (local_aws.model_source), else `./model`, trained if mi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -71,6 +72,7 @@ class StackConfig:
     function_environment: dict[str, str] = field(default_factory=dict)
     model_uri: str | None = None  # MODEL_URI in any form the function accepts; None: model_dir
     watch_model: bool = False  # restart the function when a local model directory changes
+    function_timeout_s: float | None = None  # None: the template's Timeout, as deployed
 
 
 class StackError(RuntimeError):
@@ -269,8 +271,13 @@ class LocalStack:
             self.say(f"  function   {self.lambda_endpoint} (already running)")
             return
         started = time.monotonic()
+        function = FunctionConfig(
+            function_name=self.config.function_name, environment=self.function_environment()
+        )
+        if self.config.function_timeout_s is not None:
+            function = dataclasses.replace(function, timeout_s=self.config.function_timeout_s)
         self.function = LocalLambda(
-            FunctionConfig(function_name=self.config.function_name, environment=self.function_environment()),
+            function,
             port=self.config.lambda_port,
             log=self._log("function.log"),
         )

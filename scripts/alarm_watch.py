@@ -1,7 +1,8 @@
 """Watch a stage's alarms for a while after its alias moved, and say which one fired.
 
-The stage's alarms are those that notify its alarm topic (the stack's AlarmTopicArn): the
-template's three, and any an operator adds to the topic. An alarm counts when it goes to ALARM
+The stage's alarms are those named `ride-duration-<stage>-…` (the function's name and a dash,
+what the CI deploy role may describe) that notify the stage's alarm topic (AlarmTopicArn): the
+template's three, and any so named that an operator adds to the topic. An alarm counts when it goes to ALARM
 during the watch: one already in ALARM when the watch starts is named, and counts only if it
 leaves ALARM and fires again. Alarm states are compared with what CloudWatch said at the start,
 never with this machine's clock.
@@ -28,12 +29,12 @@ class FiredAlarm:
     at: str  # when CloudWatch says it changed state
 
 
-def stage_alarms(cloudwatch: Any, topic_arn: str) -> list[dict[str, Any]]:
-    """The metric and composite alarms that notify `topic_arn` (ActionPrefix is a prefix:
-    `...-alarms-dev` would also match `...-alarms-dev2`, so the topic is matched exactly)."""
+def stage_alarms(cloudwatch: Any, topic_arn: str, name_prefix: str) -> list[dict[str, Any]]:
+    """The metric and composite alarms named `name_prefix…` that notify `topic_arn` (matched
+    exactly: stage `dev-2`'s alarms also start with `ride-duration-dev-`)."""
     alarms = []
     for page in cloudwatch.get_paginator("describe_alarms").paginate(
-        ActionPrefix=topic_arn, AlarmTypes=["MetricAlarm", "CompositeAlarm"]
+        AlarmNamePrefix=name_prefix, AlarmTypes=["MetricAlarm", "CompositeAlarm"]
     ):
         for alarm in page.get("MetricAlarms", []) + page.get("CompositeAlarms", []):
             if topic_arn in alarm.get("AlarmActions", []):
@@ -46,13 +47,14 @@ def watch(
     topic_arn: str,
     minutes: float,
     *,
+    name_prefix: str,
     say: Callable[[str], None],
     poll_seconds: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> FiredAlarm | None:
     """Poll the stage's alarms for `minutes`; the first that goes to ALARM, or None."""
     poll = POLL_SECONDS if poll_seconds is None else poll_seconds
-    start = {alarm["AlarmName"]: _state(alarm) for alarm in stage_alarms(cloudwatch, topic_arn)}
+    start = {alarm["AlarmName"]: _state(alarm) for alarm in stage_alarms(cloudwatch, topic_arn, name_prefix)}
     already = sorted(name for name, (value, _) in start.items() if value == "ALARM")
     say(
         f"watching {len(start)} alarm(s) for {minutes:g} minute(s): {', '.join(sorted(start)) or 'none found'}"
@@ -64,7 +66,7 @@ def watch(
     started = time.monotonic()
     last_progress = started
     while True:
-        for alarm in stage_alarms(cloudwatch, topic_arn):
+        for alarm in stage_alarms(cloudwatch, topic_arn, name_prefix):
             value, updated = _state(alarm)
             if value == "ALARM" and start.get(alarm["AlarmName"]) != (value, updated):
                 return FiredAlarm(alarm["AlarmName"], alarm.get("StateReason", ""), updated)

@@ -509,6 +509,7 @@ def go_live(
             cloudwatch,
             outputs["AlarmTopicArn"],
             watch.minutes,
+            name_prefix=f"{function}-",
             say=say,
             poll_seconds=watch.poll_seconds,
             sleep=watch.sleep,

@@ -11,7 +11,10 @@ FROM, a dated tag) is pulled first and its digest is recorded in the image's lab
 (org.opencontainers.image.base.digest) and printed: the registry cannot be reached where the
 Dockerfile is written, so the digest is learned where the image is built.
 The last line on stdout is the image URI by digest, what `scripts.deploy --image-uri` takes.
-One repository serves every stage: promoting to prod deploys the digest that ran in dev.
+One repository serves every stage: promoting to prod deploys the digest that ran in dev. It is
+made once by its own stack (`make ecr`, infra/ecr.yaml); publish never creates it. After the
+push, publish waits for the repository's scan and reports its critical and high findings;
+`--fail-on critical` (or high, ...) turns them into a failure that prints no image.
 Needs Docker 23+ (BuildKit) with a running engine, and AWS credentials.
 """
 
@@ -24,12 +27,14 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scripts.stack import PROJECT_ROOT, PrerequisiteError, caller_account, run, say, session
+from scripts.stack import PROJECT_ROOT, PrerequisiteError, ScriptError, caller_account, run, say, session
 
 DEFAULT_REPOSITORY = "ride-duration"
 # Lambda's architecture names (infra/template.yaml, Architecture) and Docker's platforms for them.
@@ -132,19 +137,19 @@ def validate_model_dir(model_dir: Path, root: Path = PROJECT_ROOT) -> str:
         ) from None
 
 
-def ensure_repository(ecr: Any, name: str) -> str:
-    """The repository's URI; created on first use with immutable tags and scanning on push."""
+def existing_repository_uri(ecr: Any, name: str) -> str:
+    """The repository's URI. It is made by its own stack (infra/ecr.yaml), with its lifecycle
+    policy and scanning, never here: a repository made ad hoc would have neither."""
     try:
         return ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"]
     except ecr.exceptions.RepositoryNotFoundException:
-        say(f"creating ECR repository {name} (immutable tags, scan on push)")
-        created = ecr.create_repository(
-            repositoryName=name,
-            imageTagMutability="IMMUTABLE",
-            imageScanningConfiguration={"scanOnPush": True},
-            encryptionConfiguration={"encryptionType": "AES256"},
+        command = (
+            "make ecr" if name == DEFAULT_REPOSITORY else f"make ecr ARGS='--parameter RepositoryName={name}'"
         )
-        return created["repository"]["repositoryUri"]
+        raise PrerequisiteError(
+            f"ECR repository {name} does not exist in {ecr.meta.region_name}: create it once with `{command}` "
+            "(stack ride-duration-ecr from infra/ecr.yaml: immutable tags, scan on push, lifecycle policy)"
+        ) from None
 
 
 def tagged_digest(ecr: Any, repository: str, tag: str) -> str | None:
@@ -226,7 +231,7 @@ def publish(
     arch: str = DEFAULT_ARCH,
 ) -> str:
     """Build and push unless this tag exists; the image URI by digest."""
-    repository_uri = ensure_repository(ecr, repository)
+    repository_uri = existing_repository_uri(ecr, repository)
     existing = tagged_digest(ecr, repository, tag)
     if existing:
         say(f"{repository}:{tag} is already published; not building it again")
@@ -244,6 +249,105 @@ def publish(
     if not digest:
         raise PrerequisiteError(f"pushed {reference}, but ECR does not list it")
     return image_uri_by_digest(repository_uri, digest)
+
+
+# --- What the repository's scan on push found ----------------------------------------------
+
+SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED")
+# Basic scanning finishes a push's scan in a minute or two; enhanced scanning (Inspector) says
+# ACTIVE once its first findings are in.
+SCAN_RUNNING = {"IN_PROGRESS", "PENDING"}
+SCAN_DONE = {"COMPLETE", "ACTIVE"}
+SCAN_POLL_SECONDS = 10
+
+
+class ScanFindingsError(ScriptError):
+    """The image is pushed, but its scan found what --fail-on refuses (or could not be read)."""
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """The scan of one image: its status and how many findings of each severity."""
+
+    digest: str
+    status: str  # ECR's imageScanStatus, or NOT_FOUND when no scan has started
+    counts: dict[str, int]
+    description: str = ""
+
+    def summary(self) -> str:
+        if self.status not in SCAN_DONE:
+            return f"scan {self.status}" + (f" ({self.description})" if self.description else "")
+        counts = ", ".join(f"{severity} {self.counts.get(severity, 0)}" for severity in SEVERITIES[:2])
+        others = sum(n for severity, n in self.counts.items() if severity not in SEVERITIES[:2])
+        return f"scan {self.status}: {counts}, {others} lower"
+
+
+def scan_result(
+    ecr: Any,
+    repository: str,
+    digest: str,
+    timeout: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> ScanResult:
+    """Wait (up to `timeout` seconds) for the scan that the push started, then its counts."""
+    deadline = clock() + timeout
+    while True:
+        try:
+            response = ecr.describe_image_scan_findings(
+                repositoryName=repository, imageId={"imageDigest": digest}, maxResults=1
+            )
+            status = response["imageScanStatus"]["status"]
+            description = response["imageScanStatus"].get("description", "")
+            counts = response.get("imageScanFindings", {}).get("findingSeverityCounts", {})
+        except ecr.exceptions.ScanNotFoundException:
+            # Right after a push, or never when the repository does not scan on push.
+            status, description, counts = (
+                "NOT_FOUND",
+                "no scan of this image yet: does the repository scan on push?",
+                {},
+            )
+        if status not in SCAN_RUNNING | {"NOT_FOUND"} or clock() >= deadline:
+            return ScanResult(digest, status, dict(counts), description)
+        sleep(min(SCAN_POLL_SECONDS, max(0.0, deadline - clock())))
+
+
+def check_scan(result: ScanResult, fail_on: str | None, repository: str) -> None:
+    """Say what the scan found; with `fail_on` (a severity), refuse findings at or above it."""
+    say(f"{repository}@{result.digest}: {result.summary()}")
+    if fail_on is None:
+        return
+    look = (
+        f"aws ecr describe-image-scan-findings --repository-name {repository} "
+        f"--image-id imageDigest={result.digest}"
+    )
+    if result.status not in SCAN_DONE:
+        raise ScanFindingsError(f"cannot check for {fail_on} findings: {result.summary()}; see `{look}`")
+    refused = SEVERITIES[: SEVERITIES.index(fail_on) + 1]
+    found = {severity: result.counts[severity] for severity in refused if result.counts.get(severity)}
+    if found:
+        listed = ", ".join(f"{n} {severity}" for severity, n in found.items())
+        raise ScanFindingsError(
+            f"the image has {listed} finding(s) (--fail-on {fail_on.lower()}): not printed for deploy. "
+            f"See `{look}`; rebuild on a patched base image, or publish without --fail-on"
+        )
+
+
+def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fail-on",
+        type=str.upper,
+        choices=SEVERITIES[:4],
+        help="fail (print no image) if the scan finds this severity or a higher one; "
+        "without it the counts are only reported",
+    )
+    parser.add_argument(
+        "--scan-timeout",
+        type=float,
+        default=600,
+        help="seconds to wait for the scan on push (default: %(default)s)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -268,6 +372,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="publish uncommitted changes, tagged <commit>-dirty-<UTC time>",
     )
+    add_scan_arguments(result)
     return result
 
 
@@ -286,7 +391,11 @@ def main(argv: Sequence[str] | None = None, run_command: Runner = subprocess.run
     aws = session(args)
     account = caller_account(aws.client("sts"))
     say(f"account {account}, region {aws.region_name}")
-    print(publish(aws.client("ecr"), args.repository, tag, model_dir, run_command, arch=args.arch))
+    ecr = aws.client("ecr")
+    image = publish(ecr, args.repository, tag, model_dir, run_command, arch=args.arch)
+    scan = scan_result(ecr, args.repository, parse_image_uri(image)["digest"], args.scan_timeout)
+    check_scan(scan, args.fail_on, args.repository)
+    print(image)
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Write records to a Kinesis stream with PutRecords: chunked to the API's limits, and
-resending only the entries Kinesis rejected, with bounded exponential backoff and jitter."""
+"""Write records to a Kinesis stream with PutRecords: chunked to the API's limits, each entry
+checked against Kinesis's record limits first, resending only what Kinesis rejected (bounded
+exponential backoff and jitter), and never past the invocation's deadline."""
 
 from __future__ import annotations
 
@@ -9,12 +10,37 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
+
+from stream.deadline import MIN_CALL_S, BoundedClients, Deadline
 
 # PutRecords limits (Kinesis developer guide): 500 entries and 5 MiB (data + partition
-# keys) per call.
+# keys) per call; each entry at most 1 MiB (data + partition key), its key 1-256 characters.
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
+MAX_BYTES_PER_RECORD = 1024 * 1024
+MAX_PARTITION_KEY_CHARS = 256
+
+# Call-level errors worth another call within the invocation: throttling, and Kinesis or the
+# network having a bad moment (any 5xx, connection errors and timeouts, see `call_failure`).
+# Every other error (ResourceNotFound, AccessDenied, Validation, InvalidArgument, KMS
+# errors but throttling, ...) will not go away by itself: stop at once.
+RETRYABLE_ERROR_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "LimitExceededException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "KMSThrottlingException",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
 
 
 class OutputEvent(Protocol):
@@ -56,15 +82,55 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class FailedWrite:
+    """An entry that was not written, and why. `retryable` False: nothing but a change of
+    configuration (the stream, the role, the key) will let it through."""
+
     record: OutputRecord
     error: str
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailure:
+    """Why a whole PutRecords call failed, or why the rest of a put was not sent."""
+
+    error: str
+    retryable: bool = True
 
 
 @dataclass(slots=True)
 class WriteResult:
     written: list[OutputRecord] = field(default_factory=list)
-    failed: list[FailedWrite] = field(default_factory=list)
+    failed: list[FailedWrite] = field(default_factory=list)  # may succeed later: retry
+    refused: list[FailedWrite] = field(default_factory=list)  # over Kinesis's limits: never
     calls: int = 0
+
+
+def entry_problem(record: OutputRecord) -> str | None:
+    """Why Kinesis would refuse this entry (and with it, its whole PutRecords call), or None."""
+    if not 1 <= len(record.partition_key) <= MAX_PARTITION_KEY_CHARS:
+        return (
+            f"output partition key is {len(record.partition_key)} characters long, "
+            f"Kinesis takes 1-{MAX_PARTITION_KEY_CHARS}"
+        )
+    if record.size > MAX_BYTES_PER_RECORD:
+        return (
+            f"output record is {record.size:,} bytes with its partition key, over Kinesis's "
+            f"{MAX_BYTES_PER_RECORD:,}-byte limit"
+        )
+    return None
+
+
+def call_failure(stream_name: str, error: ClientError | BotoCoreError) -> CallFailure:
+    """A failed PutRecords call, retryable or not."""
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        retryable = code in RETRYABLE_ERROR_CODES or status >= 500
+    else:
+        retryable = isinstance(error, BotocoreConnectionError | HTTPClientError)
+    kind = "failed" if retryable else "failed, not retryable"
+    return CallFailure(f"PutRecords to {stream_name} {kind}: {error}", retryable)
 
 
 def chunk_records(records: Sequence[OutputRecord]) -> Iterator[list[OutputRecord]]:
@@ -82,19 +148,26 @@ def chunk_records(records: Sequence[OutputRecord]) -> Iterator[list[OutputRecord
 
 
 class KinesisStreamWriter:
-    """Writes events to one stream; what still fails after the retries is returned, never dropped."""
+    """Writes events to one stream; what still fails after the retries is returned, never dropped.
+
+    With `clients`, each call gets the client whose timeouts fit in the time left
+    (stream/deadline.py); otherwise `client` serves every call (tests hand in fakes).
+    """
 
     def __init__(
         self,
         client: Any,
         stream_name: str,
         policy: RetryPolicy | None = None,
+        *,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        clients: BoundedClients | None = None,
     ) -> None:
         self.client = client
         self.stream_name = stream_name
         self.policy = policy or RetryPolicy()
+        self.clients = clients
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -102,33 +175,68 @@ class KinesisStreamWriter:
         """A new seed from the OS (SnapStart: restored copies must not back off in step)."""
         self._rng.seed()
 
-    def put(self, records: Sequence[OutputRecord]) -> WriteResult:
+    def put(self, records: Sequence[OutputRecord], deadline: Deadline | None = None) -> WriteResult:
+        deadline = deadline or Deadline.none()
         result = WriteResult()
-        for chunk in chunk_records(records):
-            self._put_chunk(chunk, result)
+        sendable: list[OutputRecord] = []
+        for record in records:
+            if (
+                record.size <= MAX_BYTES_PER_RECORD
+                and 0 < len(record.partition_key) <= MAX_PARTITION_KEY_CHARS
+            ):
+                sendable.append(record)  # the usual case, without a call per record
+            else:
+                result.refused.append(FailedWrite(record, entry_problem(record) or "", retryable=False))
+        stopped: CallFailure | None = None  # what ends this put early: the deadline, a bad call
+        for chunk in chunk_records(sendable):
+            if stopped is None:
+                stopped = self._put_chunk(chunk, result, deadline)
+            else:
+                result.failed.extend(FailedWrite(r, stopped.error, stopped.retryable) for r in chunk)
         return result
 
-    def _put_chunk(self, chunk: list[OutputRecord], result: WriteResult) -> None:
+    def _put_chunk(
+        self, chunk: list[OutputRecord], result: WriteResult, deadline: Deadline
+    ) -> CallFailure | None:
+        """Send until all is written or attempts run out; returns why the rest must not be sent."""
         pending = chunk
         errors: list[str] = []
+        stop: CallFailure | None = None
         for attempt in range(1, self.policy.max_attempts + 1):
-            if attempt > 1:
-                self._sleep(self.policy.delay(attempt - 1, self._rng))
+            pause = self.policy.delay(attempt - 1, self._rng) if attempt > 1 else 0.0
+            client = self._client_within(deadline.remaining() - pause)
+            if client is None:
+                last = f"; last error: {errors[0]}" if errors else ""
+                stop = CallFailure(f"PutRecords to {self.stream_name} not sent: {deadline.describe()}{last}")
+                errors = [stop.error] * len(pending)
+                break
+            if pause:
+                self._sleep(pause)
             result.calls += 1
             try:
-                response = self.client.put_records(
+                response = client.put_records(
                     StreamName=self.stream_name, Records=[record.entry for record in pending]
                 )
             except (ClientError, BotoCoreError) as error:
-                # botocore's own retries (standard mode) already ran for the whole call.
-                errors = [f"PutRecords to {self.stream_name} failed: {error}"] * len(pending)
+                failure = call_failure(self.stream_name, error)
+                errors = [failure.error] * len(pending)
+                if not failure.retryable:
+                    stop = failure
+                    break
                 continue
             pending, errors = self._split_response(pending, response["Records"], result)
             if not pending:
-                return
+                return None
+        retryable = stop is None or stop.retryable
         result.failed.extend(
-            FailedWrite(record, error) for record, error in zip(pending, errors, strict=True)
+            FailedWrite(record, error, retryable) for record, error in zip(pending, errors, strict=True)
         )
+        return stop
+
+    def _client_within(self, seconds: float) -> Any | None:
+        if self.clients is not None:
+            return self.clients.within(seconds)
+        return self.client if seconds >= MIN_CALL_S else None
 
     @staticmethod
     def _split_response(

@@ -16,8 +16,8 @@ remembered before the snapshot. One function per concern, registered with the ru
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 from stream.kinesis_output import KinesisStreamWriter
 
@@ -35,14 +35,15 @@ def renew_backoff_jitter(writers: Sequence[KinesisStreamWriter]) -> None:
         writer.renew_jitter()
 
 
-def renew_aws_clients(writers: Sequence[KinesisStreamWriter], new_kinesis_client: Callable[[], Any]) -> None:
-    """One new Kinesis client for the writers (they shared one); the old one's pool is closed."""
-    client = new_kinesis_client()
-    old = {id(writer.client): writer.client for writer in writers}
+def renew_aws_clients(writers: Sequence[KinesisStreamWriter]) -> None:
+    """New Kinesis clients for the writers: each pool of clients (stream/deadline.py, shared by
+    the writers) closes what it built, and builds anew on the next call."""
+    pools = {id(writer.clients): writer.clients for writer in writers if writer.clients is not None}
+    for pool in pools.values():
+        pool.renew()
     for writer in writers:
-        writer.client = client
-    for stale in old.values():
-        stale.close()
+        if writer.clients is not None:
+            writer.client = writer.clients.default
 
 
 def forget_deliveries(memories: Sequence[Forgettable]) -> None:
@@ -51,11 +52,7 @@ def forget_deliveries(memories: Sequence[Forgettable]) -> None:
         memory.clear()
 
 
-def register(
-    writers: Sequence[KinesisStreamWriter],
-    new_kinesis_client: Callable[[], Any],
-    memories: Sequence[Forgettable] = (),
-) -> bool:
+def register(writers: Sequence[KinesisStreamWriter], memories: Sequence[Forgettable] = ()) -> bool:
     """Register the three renewals to run after a restore; False where no runtime restores."""
     try:
         # Lambda's runtime has it; it ships no type information.
@@ -63,6 +60,6 @@ def register(
     except ImportError:  # a container image or a local run: nothing is ever restored
         return False
     register_after_restore(renew_backoff_jitter, writers)
-    register_after_restore(renew_aws_clients, writers, new_kinesis_client)
+    register_after_restore(renew_aws_clients, writers)
     register_after_restore(forget_deliveries, memories)
     return True

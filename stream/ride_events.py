@@ -127,22 +127,34 @@ class KinesisRecord:
     data: str  # the producer's bytes, base64-encoded by Lambda
     event_id: str  # `shardId-...:<sequenceNumber>`: unique per record, the de-duplication key
     event_source_arn: str  # ARN of the input stream
+    malformed: str | None = None  # which field Lambda's record lacks, if any
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> KinesisRecord:
         """Tolerates a malformed record: it then fails decoding, with a reason, like bad data."""
         kinesis = raw.get("kinesis")
         if not isinstance(kinesis, dict):
-            kinesis = {}
-        data = kinesis.get("data", "")
-        return cls(
+            return cls(
+                raw, "", "", "", str(raw.get("eventID", "")), str(raw.get("eventSourceARN", "")),
+                "malformed Lambda record: no kinesis object",
+            )  # fmt: skip
+        data = kinesis.get("data")
+        sequence_number = kinesis.get("sequenceNumber")
+        record = cls(
             raw,
-            str(kinesis.get("sequenceNumber", "")),
+            "" if sequence_number is None else str(sequence_number),
             str(kinesis.get("partitionKey", "")),
             data if isinstance(data, str) else "",
             str(raw.get("eventID", "")),
             str(raw.get("eventSourceARN", "")),
         )
+        if data is None:
+            record.malformed = "malformed Lambda record: no kinesis.data"
+        elif not isinstance(data, str):
+            record.malformed = "malformed Lambda record: kinesis.data is not a string"
+        elif sequence_number is None:
+            record.malformed = "malformed Lambda record: no kinesis.sequenceNumber"
+        return record
 
     @property
     def shard_id(self) -> str:
@@ -168,6 +180,8 @@ class KinesisRecord:
 def decode_ride_event(record: KinesisRecord, event_type: type[RideEvent] = RideEvent) -> RideEvent:
     """base64 -> UTF-8 -> JSON -> validated ride (`event_type`: RideEvent, or ride_types(bounds)'s);
     a PoisonRecordError names what failed."""
+    if record.malformed is not None:
+        raise PoisonRecordError(record.malformed)
     try:
         # binascii directly: base64.b64decode(validate=True) adds a regex pass (364 vs 543 ns)
         payload = binascii.a2b_base64(record.data, strict_mode=True)

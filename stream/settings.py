@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream.kinesis_output import RetryPolicy
+from stream.redelivery import DEFAULT_SIZE as DEFAULT_REDELIVERY_MEMORY_SIZE
 from stream.ride_events import MAX_TRIP_DISTANCE_MILES, MAX_ZONE_ID, TLC_BOUNDS, RideBounds
 
 
@@ -32,6 +33,8 @@ class Settings:
     put_records_retry: RetryPolicy
     log_level: str
     kinesis_endpoint_url: str | None
+    deadline_safety_margin_s: float
+    redelivery_memory_size: int
     ride_bounds: RideBounds = TLC_BOUNDS
 
     @classmethod
@@ -55,6 +58,10 @@ class Settings:
             ride_bounds=RideBounds(
                 max_zone_id=_int(env, "MAX_ZONE_ID", MAX_ZONE_ID, minimum=1),
                 max_trip_distance=_positive_float(env, "MAX_TRIP_DISTANCE_MILES", MAX_TRIP_DISTANCE_MILES),
+            ),
+            deadline_safety_margin_s=_int(env, "DEADLINE_SAFETY_MARGIN_MS", 1000, minimum=0) / 1000,
+            redelivery_memory_size=_int(
+                env, "REDELIVERY_MEMORY_SIZE", DEFAULT_REDELIVERY_MEMORY_SIZE, minimum=0
             ),
         )
 

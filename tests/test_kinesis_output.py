@@ -2,10 +2,19 @@ import random
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ParamValidationError,
+    ReadTimeoutError,
+)
 
+from stream.deadline import MIN_CALL_S, Deadline
 from stream.kinesis_output import (
     MAX_BYTES_PER_CALL,
+    MAX_BYTES_PER_RECORD,
+    MAX_PARTITION_KEY_CHARS,
     MAX_RECORDS_PER_CALL,
     KinesisStreamWriter,
     OutputRecord,
@@ -104,19 +113,129 @@ class FailingKinesis:
         raise self.error
 
 
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": f"{code} here"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutRecords",
+    )
+
+
 @pytest.mark.parametrize(
     "error",
     [
         EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
-        ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "no stream"}}, "PutRecords"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        ConnectTimeoutError(endpoint_url="http://127.0.0.1:1"),
+        client_error("ProvisionedThroughputExceededException", 400),
+        client_error("ThrottlingException", 400),
+        client_error("KMSThrottlingException", 400),
+        client_error("InternalFailure", 500),
+        client_error("ServiceUnavailable", 503),
+        client_error("502", 502),
     ],
 )
-def test_a_failing_call_returns_every_entry_as_failed(error: Exception) -> None:
+def test_a_call_failing_for_a_passing_reason_is_retried_then_every_entry_returned(error: Exception) -> None:
     client = FailingKinesis(error)
-    result = writer(client, [], attempts=2).put(records(3))
-    assert client.calls == 2
+    result = writer(client, [], attempts=3).put(records(3))
+    assert client.calls == 3
     assert [f.record.source for f in result.failed] == [0, 1, 2]
-    assert "PutRecords to out failed" in result.failed[0].error
+    assert all(f.retryable for f in result.failed)
+    assert result.failed[0].error.startswith("PutRecords to out failed: ")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        client_error("ResourceNotFoundException", 400),
+        client_error("AccessDeniedException", 400),
+        client_error("ValidationException", 400),
+        client_error("InvalidArgumentException", 400),
+        client_error("KMSAccessDeniedException", 400),
+        client_error("KMSDisabledException", 400),
+        client_error("KMSNotFoundException", 400),
+        ParamValidationError(report="Invalid length for parameter Records[0].PartitionKey"),
+    ],
+)
+def test_a_call_failing_for_a_lasting_reason_stops_at_once_naming_it(error: Exception) -> None:
+    client = FailingKinesis(error)
+    sleeps: list[float] = []
+    result = writer(client, sleeps, attempts=5).put(records(MAX_RECORDS_PER_CALL + 3))
+    assert client.calls == 1  # no retry, and the second chunk is not sent either
+    assert sleeps == []
+    assert len(result.failed) == MAX_RECORDS_PER_CALL + 3
+    assert not any(f.retryable for f in result.failed)
+    assert result.failed[-1].error.startswith("PutRecords to out failed, not retryable: ")
+    assert str(error) in result.failed[-1].error
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class SlowThrottledKinesis(ScriptedKinesis):
+    """Rejects every entry, and each call takes `call_s` of the fake clock."""
+
+    def __init__(self, clock: FakeClock, call_s: float) -> None:
+        super().__init__([{f"k{i}" for i in range(1000)}] * 1000)
+        self.clock = clock
+        self.call_s = call_s
+
+    def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        self.clock.now += self.call_s
+        return super().put_records(StreamName=StreamName, Records=Records)
+
+
+def test_no_call_or_backoff_runs_past_the_deadline() -> None:
+    clock = FakeClock()
+    client = SlowThrottledKinesis(clock, call_s=0.4)
+    deadline = Deadline(clock() + 3.0, clock)
+    policy = RetryPolicy(max_attempts=50, base_delay=0.5, max_delay=1.0)
+    result = KinesisStreamWriter(client, "out", policy, sleep=clock.sleep).put(records(3), deadline)
+    # Every call started with room for a call's worst case; what is left is less than that.
+    assert clock.now <= deadline.ends_at
+    assert 0 <= deadline.remaining() < MIN_CALL_S + policy.max_delay
+    assert 2 <= len(client.calls) < 50
+    assert [f.record.source for f in result.failed] == [0, 1, 2]
+    assert result.failed[0].error.startswith("PutRecords to out not sent: ")
+    assert "of the invocation's time budget left; last error: ProvisionedThroughputExceededException" in (
+        result.failed[0].error
+    )
+    assert all(f.retryable for f in result.failed)
+
+
+def test_a_spent_budget_sends_nothing_and_returns_everything() -> None:
+    clock = FakeClock()
+    client = ScriptedKinesis([])
+    assert MIN_CALL_S > 0.2
+    result = KinesisStreamWriter(client, "out").put(records(700), Deadline(clock() + 0.2, clock))
+    assert client.calls == []
+    assert len(result.failed) == 700
+    assert result.failed[0].error == "PutRecords to out not sent: 200 ms of the invocation's time budget left"
+
+
+def test_entries_over_kinesis_limits_are_refused_and_their_neighbours_written(kinesis: Any) -> None:
+    create_stream(kinesis, "out")
+    good = [OutputRecord(f'{{"n": {i}}}'.encode(), "é" * MAX_PARTITION_KEY_CHARS, i) for i in range(3)]
+    too_big = OutputRecord(b"x" * (MAX_BYTES_PER_RECORD - 1), "ab", "too big")
+    no_key = OutputRecord(b"{}", "", "no key")
+    long_key = OutputRecord(b"{}", "k" * (MAX_PARTITION_KEY_CHARS + 1), "long key")
+    result = KinesisStreamWriter(kinesis, "out").put([good[0], too_big, good[1], no_key, long_key, good[2]])
+    assert result.calls == 1
+    assert result.failed == []
+    assert sorted(r["n"] for r in read_stream(kinesis, "out")) == [0, 1, 2]
+    assert {f.record.source: f.error for f in result.refused} == {
+        "too big": "output record is 1,048,577 bytes with its partition key, over Kinesis's 1,048,576-byte limit",
+        "no key": "output partition key is 0 characters long, Kinesis takes 1-256",
+        "long key": "output partition key is 257 characters long, Kinesis takes 1-256",
+    }
+    assert not any(f.retryable for f in result.refused)
 
 
 def test_writes_to_a_real_stream_api(kinesis: Any) -> None:

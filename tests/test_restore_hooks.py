@@ -14,6 +14,7 @@ import snapshot_restore_py
 
 from model_service import build_service, register_restore_hooks
 from stream import restore_hooks
+from stream.deadline import BoundedClients
 from stream.kinesis_output import KinesisStreamWriter, RetryPolicy
 from stream.settings import Settings
 from tests.conftest import RecordingLog
@@ -47,19 +48,30 @@ def test_restored_copies_no_longer_back_off_in_step() -> None:
     assert random.getstate() != global_state  # botocore's own retry jitter draws from `random`
 
 
-def test_restored_copies_get_a_new_kinesis_client_and_close_the_old_one() -> None:
-    shared = kinesis()
-    closed: list[bool] = []
-    shared.close = lambda: closed.append(True)  # type: ignore[method-assign]
-    writers = [KinesisStreamWriter(shared, "out"), KinesisStreamWriter(shared, "dead")]
+def test_restored_copies_get_new_kinesis_clients_and_close_the_old_ones() -> None:
     made: list[Any] = []
+    closed: list[Any] = []
 
-    restore_hooks.renew_aws_clients(writers, lambda: made.append(kinesis()) or made[-1])
+    def make(config: Any) -> Any:
+        client = kinesis()
+        client.close = lambda: closed.append(client)  # type: ignore[method-assign]
+        made.append(client)
+        return client
 
-    [new] = made
+    pool = BoundedClients(make)
+    shared, short = pool.default, pool.within(1.0)
+    writers = [
+        KinesisStreamWriter(shared, "out", clients=pool),
+        KinesisStreamWriter(shared, "dead", clients=pool),
+    ]
+
+    restore_hooks.renew_aws_clients(writers)
+
+    new = made[-1]
+    assert new not in (shared, short)
     assert [writer.client for writer in writers] == [new, new]
-    assert new is not shared
-    assert closed == [True]
+    assert closed == [shared, short]
+    assert pool.default is new
 
 
 def test_restored_copies_forget_the_deliveries_seen_before_the_snapshot() -> None:
@@ -90,7 +102,8 @@ def test_the_function_registers_its_hooks_and_the_runtime_runs_them(
     before = service.predictions.client
     assert service.dead_letters.writer.client is before  # type: ignore[attr-defined]
 
-    assert register_restore_hooks(service, settings) is True
+    service.memory.remember(["shardId-0:1"], "predicted")
+    assert register_restore_hooks(service) is True
     assert [func for func, _, _ in after_restore_registry] == [
         restore_hooks.renew_backoff_jitter,
         restore_hooks.renew_aws_clients,
@@ -102,8 +115,9 @@ def test_the_function_registers_its_hooks_and_the_runtime_runs_them(
     after = service.predictions.client
     assert after is not before
     assert service.dead_letters.writer.client is after  # type: ignore[attr-defined]
+    assert len(service.memory) == 0
 
 
 def test_without_the_runtime_library_nothing_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "snapshot_restore_py", None)
-    assert restore_hooks.register([], kinesis) is False
+    assert restore_hooks.register([]) is False

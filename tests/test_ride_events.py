@@ -1,5 +1,6 @@
 import base64
 import json
+from typing import Any
 
 import pytest
 
@@ -118,9 +119,31 @@ def test_non_finite_distance_is_rejected(literal: bytes) -> None:
         decode_ride_event(record_of(payload))
 
 
-def test_record_missing_its_kinesis_part_is_poison_not_a_crash() -> None:
-    with pytest.raises(PoisonRecordError, match="data is not JSON"):
-        decode_ride_event(KinesisRecord.from_raw({"eventID": "x"}))
+def lambda_record(**kinesis: Any) -> dict[str, Any]:
+    return {"eventID": "shardId-000000000000:7", "kinesis": kinesis}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({"eventID": "x"}, "no kinesis object"),
+        ({"eventID": "x", "kinesis": "text"}, "no kinesis object"),
+        (lambda_record(sequenceNumber="7"), "no kinesis.data"),
+        (lambda_record(sequenceNumber="7", data=None), "no kinesis.data"),
+        (lambda_record(sequenceNumber="7", data=["e30="]), "kinesis.data is not a string"),
+        (lambda_record(data="e30="), "no kinesis.sequenceNumber"),
+    ],
+)
+def test_a_malformed_lambda_record_is_poison_naming_the_missing_field(
+    raw: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(PoisonRecordError) as raised:
+        decode_ride_event(KinesisRecord.from_raw(raw))
+    assert str(raised.value) == f"malformed Lambda record: {reason}"
+
+
+def test_a_complete_lambda_record_is_not_malformed() -> None:
+    assert record_of(b"{}").malformed is None
 
 
 def test_prediction_event_is_the_course_format_plus_tracing() -> None:

@@ -16,6 +16,8 @@ def test_defaults() -> None:
     assert settings.log_level == "INFO"
     assert settings.kinesis_endpoint_url is None
     assert settings.ride_bounds == RideBounds(max_zone_id=265, max_trip_distance=1000)
+    assert settings.deadline_safety_margin_s == 1.0
+    assert settings.redelivery_memory_size == 20_000
 
 
 def test_every_variable_is_read() -> None:
@@ -33,6 +35,8 @@ def test_every_variable_is_read() -> None:
             "KINESIS_ENDPOINT_URL": "http://localhost:4566",
             "MAX_ZONE_ID": "300",
             "MAX_TRIP_DISTANCE_MILES": "250.5",
+            "DEADLINE_SAFETY_MARGIN_MS": "2500",
+            "REDELIVERY_MEMORY_SIZE": "0",
         }
     )
     assert settings.model_uri == "models:/ride-duration@champion"
@@ -43,6 +47,7 @@ def test_every_variable_is_read() -> None:
     assert settings.log_level == "DEBUG"
     assert settings.kinesis_endpoint_url == "http://localhost:4566"
     assert settings.ride_bounds == RideBounds(max_zone_id=300, max_trip_distance=250.5)
+    assert (settings.deadline_safety_margin_s, settings.redelivery_memory_size) == (2.5, 0)
 
 
 def test_course_run_id_defaults_to_experiment_1() -> None:
@@ -64,6 +69,8 @@ def test_course_run_id_defaults_to_experiment_1() -> None:
             "MAX_TRIP_DISTANCE_MILES must be a finite number above 0, got 'inf'",
         ),
         ("MAX_TRIP_DISTANCE_MILES", "0", "MAX_TRIP_DISTANCE_MILES must be a finite number above 0, got '0'"),
+        ("REDELIVERY_MEMORY_SIZE", "-1", "REDELIVERY_MEMORY_SIZE must be at least 0, got -1"),
+        ("DEADLINE_SAFETY_MARGIN_MS", "1s", "DEADLINE_SAFETY_MARGIN_MS must be an integer, got '1s'"),
     ],
 )
 def test_malformed_numbers_name_the_variable(name: str, value: str, message: str) -> None:

@@ -18,7 +18,7 @@ import boto3
 import pytest
 
 from scripts.deploy import Deployment, deploy
-from scripts.stack import PROJECT_ROOT, TEMPLATE
+from scripts.stack import PROJECT_ROOT
 from stream.self_test import BUILT_IN_RIDES, SelfTestReport
 from tests.deploy import moto_cloudformation
 
@@ -26,11 +26,13 @@ from tests.deploy import moto_cloudformation
 # to the moto server these tests run in this process (tests/deploy/moto_cloudformation.py).
 moto_cloudformation.install()
 
+# Every CloudFormation template: the stage's, the image repository's, CI's roles.
+TEMPLATES = sorted((PROJECT_ROOT / "infra").glob("*.yaml"))
 REGION = "us-east-1"
 STAGE = "test"
 STACK = f"ride-duration-{STAGE}"
 
-CFN_LINT_TEST = "test_template_passes_cfn_lint_including_informational_rules"
+CFN_LINT_TEST = "test_templates_pass_cfn_lint_including_informational_rules"
 CFN_LINT_KEY = pytest.StashKey[subprocess.Popen[str]]()
 # moto's CloudFormation skips the alarms and the bucket policy, with a warning for each (the
 # tests check those statically).
@@ -47,7 +49,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # collect the result (2 cores: it runs while the other tests do).
     if not config.option.collectonly and any(item.name == CFN_LINT_TEST for item in items):
         config.stash[CFN_LINT_KEY] = subprocess.Popen(
-            [str(Path(sys.executable).parent / "cfn-lint"), "--include-checks", "I", "--", str(TEMPLATE)],
+            [
+                str(Path(sys.executable).parent / "cfn-lint"),
+                "--include-checks",
+                "I",
+                "--",
+                *map(str, TEMPLATES),
+            ],
             cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -43,9 +43,10 @@ LAMBDA_GLIBC_MINOR = 34
 ARCHITECTURES = {"arm64": "aarch64", "x86_64": "x86_64"}  # Lambda's name: the machine's
 
 
-def lambda_tags(machine: str) -> set[Tag]:
-    """Every wheel tag pip in the image accepts on this machine: glibc up to 2.34, CPython 3.13."""
-    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(LAMBDA_GLIBC_MINOR, 4, -1)]
+def lambda_tags(machine: str, glibc_minor: int = LAMBDA_GLIBC_MINOR) -> set[Tag]:
+    """Every wheel tag pip in the image accepts on this machine: glibc up to 2.34 (or the
+    given 2.x of another image), CPython 3.13."""
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(glibc_minor, 4, -1)]
     platforms += [f"manylinux2014_{machine}"]
     if machine == "x86_64":
         platforms += ["manylinux2010_x86_64", "manylinux1_x86_64"]
@@ -107,10 +108,10 @@ def dockerfile_instructions(text: str) -> list[Instruction]:
 INSTRUCTIONS = dockerfile_instructions(DOCKERFILE.read_text())
 
 
-def copies() -> list[tuple[list[str], str]]:
+def copies(instructions: list[Instruction] = INSTRUCTIONS) -> list[tuple[list[str], str]]:
     """(sources, destination) of every COPY from the build context, as written."""
     result = []
-    for instruction in INSTRUCTIONS:
+    for instruction in instructions:
         if instruction.keyword != "COPY":
             continue
         words = [w for w in shlex.split(instruction.arguments) if not w.startswith("--")]
@@ -315,10 +316,13 @@ def locked_packages() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def packages_without_a_wheel(
-    wanted: list[Requirement], lock: dict[tuple[str, str], dict[str, Any]], machine: str
+    wanted: list[Requirement],
+    lock: dict[tuple[str, str], dict[str, Any]],
+    machine: str,
+    glibc_minor: int = LAMBDA_GLIBC_MINOR,
 ) -> list[str]:
     """The pinned requirements with no locked wheel that pip in the image takes on this machine."""
-    tags = lambda_tags(machine)
+    tags = lambda_tags(machine, glibc_minor)
     missing = []
     for requirement in (r for r in wanted if for_lambda(r, machine)):
         [version] = [s.version for s in requirement.specifier]
@@ -366,10 +370,17 @@ def test_bytecode_is_compiled_after_the_code_is_copied() -> None:
     assert compile_step[0] > last_copy
 
 
-def bake_model(model_dir: str, root: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+def model_step(instructions: list[Instruction] = INSTRUCTIONS) -> str:
+    [step] = [i.arguments for i in instructions if i.keyword == "RUN" and "MODEL_DIR" in i.arguments]
+    return step
+
+
+def bake_model(
+    model_dir: str, root: Path, instructions: list[Instruction] = INSTRUCTIONS
+) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
     """The Dockerfile's model step, run by sh with its two paths moved under `root`: its exit,
     and the files it left in /opt/ml with their permissions."""
-    [step] = [i.arguments for i in INSTRUCTIONS if i.keyword == "RUN" and "MODEL_DIR" in i.arguments]
+    step = model_step(instructions)
     mount, script = step.split(" ", 1)
     context = mount.rsplit("target=", 1)[1]
     script = script.replace(context, str(root / "context")).replace("/opt/ml", str(root / "opt/ml"))
@@ -437,8 +448,9 @@ print("RESPONSE " + json.dumps(handler(json.load(sys.stdin), context)))
 """
 
 
-def modules_outside_the_runtime_set() -> list[str]:
-    runtime = {canonicalize_name(r.name) for r in requirements(REQUIREMENTS.read_text())}
+def modules_outside_the_runtime_set(requirements_file: Path = REQUIREMENTS) -> list[str]:
+    """Top-level modules installed here whose distributions are not in the image's set."""
+    runtime = {canonicalize_name(r.name) for r in requirements(requirements_file.read_text())}
     return sorted(
         module
         for module, distributions in packages_distributions().items()

@@ -14,7 +14,7 @@ import pytest
 
 from scripts import publish
 from scripts.stack import PROJECT_ROOT, PrerequisiteError, run
-from tests.deploy.conftest import publish_fake_image
+from tests.deploy.conftest import moto_api, publish_fake_image
 
 COMMIT = "3f" * 20
 BASE_DIGEST = "sha256:" + "ab" * 32
@@ -142,16 +142,26 @@ def test_image_uri_by_digest_parses_back() -> None:
     }
 
 
-def test_repository_is_created_once_with_immutable_tags_and_scanning(client: Any) -> None:
+def create_repository(ecr: Any, name: str = "ride-duration") -> None:
+    """The repository as `make ecr` leaves it (moto's CloudFormation cannot set scanning)."""
+    ecr.create_repository(
+        repositoryName=name, imageTagMutability="IMMUTABLE", imageScanningConfiguration={"scanOnPush": True}
+    )
+
+
+def test_a_missing_repository_is_not_created_but_named_with_the_command_that_creates_it(client: Any) -> None:
     ecr = client("ecr")
 
-    first = publish.ensure_repository(ecr, "ride-duration")
-    second = publish.ensure_repository(ecr, "ride-duration")
+    with pytest.raises(PrerequisiteError) as missing:
+        publish.publish(ecr, "ride-duration", COMMIT, None, run_command=FakeDocker(ecr))
 
-    assert first == second == "123456789012.dkr.ecr.us-east-1.amazonaws.com/ride-duration"
-    [repository] = ecr.describe_repositories()["repositories"]
-    assert repository["imageTagMutability"] == "IMMUTABLE"
-    assert repository["imageScanningConfiguration"] == {"scanOnPush": True}
+    assert str(missing.value) == (
+        "ECR repository ride-duration does not exist in us-east-1: create it once with `make ecr` "
+        "(stack ride-duration-ecr from infra/ecr.yaml: immutable tags, scan on push, lifecycle policy)"
+    )
+    assert ecr.describe_repositories()["repositories"] == []
+    with pytest.raises(PrerequisiteError, match=r"`make ecr ARGS='--parameter RepositoryName=other'`"):
+        publish.existing_repository_uri(ecr, "other")
 
 
 class FakeDocker:
@@ -168,7 +178,10 @@ class FakeDocker:
             self.login_password = kwargs["input"]
         if command[:2] == ["docker", "push"]:
             repository_uri, tag = command[2].rsplit(":", 1)
-            publish_fake_image(self.ecr, repository_uri.split("/", 1)[1], tag)
+            repository = repository_uri.split("/", 1)[1]
+            publish_fake_image(self.ecr, repository, tag)
+            # ECR's scan on push (moto scans only when asked, and finishes at once).
+            self.ecr.start_image_scan(repositoryName=repository, imageId={"imageTag": tag})
         if command[:3] == ["docker", "image", "inspect"]:  # what docker reports after a pull
             repository = command[-1].rsplit(":", 1)[0]
             digests = [f"{repository}@{BASE_DIGEST}", f"mirror.example/python@sha256:{'0' * 64}"]
@@ -178,6 +191,7 @@ class FakeDocker:
 
 def test_publish_builds_for_lambda_pushes_and_returns_the_pushed_digest(client: Any) -> None:
     ecr = client("ecr")
+    create_repository(ecr)
     docker = FakeDocker(ecr)
 
     image = publish.publish(ecr, "ride-duration", COMMIT, "model", run_command=docker)
@@ -215,6 +229,7 @@ def test_publish_builds_for_lambda_pushes_and_returns_the_pushed_digest(client: 
 def test_x86_64_builds_for_linux_amd64_and_the_base_digest_is_printed(
     client: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    create_repository(client("ecr"))
     docker = FakeDocker(client("ecr"))
 
     publish.publish(client("ecr"), "ride-duration", COMMIT, None, run_command=docker, arch="x86_64")
@@ -229,14 +244,142 @@ def test_a_base_image_without_a_registry_digest_stops_the_build(client: Any) -> 
     def docker(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(command, 0, "[]" if "inspect" in command else "", "")
 
+    create_repository(client("ecr"))
     with pytest.raises(PrerequisiteError, match="reports no digest"):
         publish.publish(client("ecr"), "ride-duration", COMMIT, None, run_command=docker)
 
 
 def test_a_commit_already_published_is_not_built_again(client: Any) -> None:
     ecr = client("ecr")
+    create_repository(ecr)
     existing = publish_fake_image(ecr, "ride-duration", COMMIT)
     docker = FakeDocker(ecr)
 
     assert publish.publish(ecr, "ride-duration", COMMIT, None, run_command=docker) == existing
     assert docker.commands == []
+
+
+# --- The scan on push -------------------------------------------------------------------------
+
+
+def scan_findings(endpoint: str, tag: str, counts: dict[str, int]) -> None:
+    """Tell moto what the scan of ride-duration:<tag> found (by default it reports one HIGH).
+    publish tags `<commit>-<arch>` (arm64 by default) when no model is baked in."""
+    result = {
+        "registryId": "123456789012",
+        "repositoryName": "ride-duration",
+        "imageId": {"imageTag": tag},
+        "imageScanStatus": {"status": "COMPLETE", "description": "The scan was completed successfully."},
+        "imageScanFindings": {"findings": [], "findingSeverityCounts": counts},
+    }
+    moto_api(endpoint, "static/ecr/scan-finding-results", {"results": [result], "region": "us-east-1"})
+
+
+class PublishingGit(FakeDocker):
+    """FakeDocker that also answers publish's git questions: a clean tree at COMMIT."""
+
+    def __call__(self, command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        if command[:2] == ["git", "rev-parse"]:
+            return subprocess.CompletedProcess(command, 0, f"{COMMIT}\n", "")
+        return super().__call__(command, **kwargs)
+
+
+@pytest.fixture
+def docker_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publish.shutil, "which", lambda _name: "/usr/bin/docker")
+
+
+@pytest.mark.usefixtures("docker_found")
+def test_publish_reports_the_critical_and_high_findings_and_prints_the_image(
+    client: Any, aws_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ecr = client("ecr")
+    create_repository(ecr)
+    scan_findings(aws_endpoint, f"{COMMIT}-arm64", {"CRITICAL": 1, "HIGH": 2, "MEDIUM": 5, "LOW": 1})
+
+    assert run(lambda argv: publish.main(argv, run_command=PublishingGit(ecr)), []) == 0
+
+    out, err = capsys.readouterr()
+    [details] = ecr.describe_images(repositoryName="ride-duration")["imageDetails"]
+    assert out == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ride-duration@{details['imageDigest']}\n"
+    assert f"ride-duration@{details['imageDigest']}: scan COMPLETE: CRITICAL 1, HIGH 2, 6 lower\n" in err
+
+
+@pytest.mark.usefixtures("docker_found")
+@pytest.mark.parametrize(
+    ("fail_on", "counts", "refused"),
+    [
+        ("critical", {"CRITICAL": 1, "HIGH": 2}, "1 CRITICAL"),
+        ("high", {"HIGH": 2, "MEDIUM": 5}, "2 HIGH"),
+        ("high", {"CRITICAL": 3, "HIGH": 2}, "3 CRITICAL, 2 HIGH"),
+    ],
+)
+def test_fail_on_refuses_findings_at_or_above_its_severity_and_prints_no_image(  # noqa: PLR0917 - fixtures
+    client: Any,
+    aws_endpoint: str,
+    capsys: pytest.CaptureFixture[str],
+    fail_on: str,
+    counts: dict[str, int],
+    refused: str,
+) -> None:
+    ecr = client("ecr")
+    create_repository(ecr)
+    scan_findings(aws_endpoint, f"{COMMIT}-arm64", counts)
+
+    assert run(lambda argv: publish.main(argv, run_command=PublishingGit(ecr)), ["--fail-on", fail_on]) == 1
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"error: the image has {refused} finding(s) (--fail-on {fail_on}): not printed for deploy." in err
+    assert (
+        "aws ecr describe-image-scan-findings --repository-name ride-duration --image-id imageDigest=sha256:"
+        in err
+    )
+
+
+@pytest.mark.usefixtures("docker_found")
+def test_fail_on_lets_lower_findings_through(
+    client: Any, aws_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ecr = client("ecr")
+    create_repository(ecr)
+    scan_findings(aws_endpoint, f"{COMMIT}-arm64", {"HIGH": 4, "MEDIUM": 1})
+
+    assert (
+        run(lambda argv: publish.main(argv, run_command=PublishingGit(ecr)), ["--fail-on", "critical"]) == 0
+    )
+    assert capsys.readouterr().out.startswith(
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/ride-duration@sha256:"
+    )
+
+
+def test_a_scan_that_never_started_is_reported_and_fails_only_with_fail_on(client: Any) -> None:
+    ecr = client("ecr")
+    create_repository(ecr)
+    image = publish_fake_image(ecr, "ride-duration", COMMIT)  # pushed, never scanned
+    digest = publish.parse_image_uri(image)["digest"]
+    waited: list[float] = []
+
+    result = publish.scan_result(ecr, "ride-duration", digest, timeout=0, sleep=waited.append)
+
+    assert (result.status, result.counts, waited) == ("NOT_FOUND", {}, [])
+    assert result.summary() == "scan NOT_FOUND (no scan of this image yet: does the repository scan on push?)"
+    publish.check_scan(result, None, "ride-duration")
+    with pytest.raises(publish.ScanFindingsError, match=r"^cannot check for HIGH findings: scan NOT_FOUND"):
+        publish.check_scan(result, "HIGH", "ride-duration")
+
+
+def test_a_running_scan_is_polled_until_it_completes(client: Any) -> None:
+    ecr = client("ecr")
+    create_repository(ecr)
+    digest = publish.parse_image_uri(publish_fake_image(ecr, "ride-duration", COMMIT))["digest"]
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:  # the scan starts while publish waits
+        now[0] += seconds
+        ecr.start_image_scan(repositoryName="ride-duration", imageId={"imageDigest": digest})
+
+    result = publish.scan_result(ecr, "ride-duration", digest, timeout=60, sleep=sleep, clock=lambda: now[0])
+
+    assert (result.status, now[0]) == ("COMPLETE", publish.SCAN_POLL_SECONDS)
+    assert result.counts == {"HIGH": 1}  # moto's default finding

@@ -263,9 +263,9 @@ def test_stopping_the_watch_leaves_the_new_version_live_and_says_how_to_go_back(
 def test_alarms_of_another_stage_are_not_watched(
     client: Any, stack: dict[str, str], aws_endpoint: str
 ) -> None:
-    """Its topic's ARN starts with this stage's (ride-duration-alarms-test2): matched exactly."""
+    """Stage test-2's alarm names and topic ARN start with stage test's: its topic is told apart."""
     client("cloudwatch").put_metric_alarm(
-        AlarmName="ride-duration-test2-errors",
+        AlarmName="ride-duration-test-2-errors",
         MetricName="Errors",
         Namespace="AWS/Lambda",
         Statistic="Sum",
@@ -273,12 +273,12 @@ def test_alarms_of_another_stage_are_not_watched(
         EvaluationPeriods=1,
         Threshold=0,
         ComparisonOperator="GreaterThanThreshold",
-        AlarmActions=[stack["AlarmTopicArn"] + "2"],
+        AlarmActions=[stack["AlarmTopicArn"] + "-2"],
     )
     answer_invocations(aws_endpoint, self_test_report())
 
     def other_stage_fails(_seconds: float) -> None:
-        fire(client, "ride-duration-test2-errors")
+        fire(client, "ride-duration-test-2-errors")
 
     assert release_after_update(client, "2", other_stage_fails, minutes=0.002) == "2"
 

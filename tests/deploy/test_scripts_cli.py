@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from scripts import deploy, invoke, publish, rollback, smoke_test
+from scripts import account_stacks, deploy, invoke, promote, publish, replay, rollback, smoke_test
 from scripts.stack import PROJECT_ROOT, load_template, run
 
 SCRIPTS = {
@@ -18,6 +18,9 @@ SCRIPTS = {
     "deploy": deploy,
     "smoke_test": smoke_test,
     "invoke": invoke,
+    "replay": replay,
+    "promote": promote,
+    "account_stacks": account_stacks,
     "rollback": rollback,
 }
 STAGE_SCRIPTS = ["deploy", "smoke_test", "invoke", "rollback"]
@@ -70,7 +73,7 @@ def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing may be reached
 
 
-@pytest.mark.parametrize("name", STAGE_SCRIPTS)
+@pytest.mark.parametrize("name", [*STAGE_SCRIPTS, "replay"])
 def test_without_credentials_each_script_says_how_to_get_them(
     name: str, no_credentials: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
