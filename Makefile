@@ -117,7 +117,7 @@ clean:  ## remove the virtualenvs, MLflow store, exported model and packages
 STAGE ?= dev
 # The function's architecture: arm64 (Graviton, about 20 % cheaper per GB-second) or x86_64.
 ARCH ?= arm64
-.PHONY: requirements ecr ci-role publish package deploy promote smoke invoke replay
+.PHONY: requirements ecr ci-role publish package deploy promote smoke invoke replay rollback
 
 requirements: | $(UV)  ## requirements-lambda.txt and requirements-web.txt from uv.lock: what the two images install
 	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
@@ -135,7 +135,7 @@ publish: setup  ## build the image for ARCH (arm64), push it to ECR, print it by
 package: setup  ## the deployment zip for ARCH (arm64) in build/, for PackageType Zip with SnapStart (MODEL_DIR=model adds ./model)
 	$(BIN)/python -m scripts.package --arch $(ARCH) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
 
-deploy: setup  ## create or update the stack: IMAGE=<uri@sha256:...> (first time), MODEL_URI=s3://...
+deploy: setup  ## create or update the stack, self-test the new version, move the alias live, watch the alarms: IMAGE=<uri@sha256:...> (first time), MODEL_URI=s3://... (ARGS=--preview: the change set only)
 	$(BIN)/python -m scripts.deploy --stage $(STAGE) $(if $(IMAGE),--image-uri $(IMAGE)) $(if $(MODEL_URI),--model-uri $(MODEL_URI)) $(ARGS)
 
 FROM_STAGE ?= dev
@@ -148,8 +148,11 @@ smoke: setup  ## put a ride on the stage's input stream and wait for its predict
 replay: setup  ## put the batches of the stage's on-failure queue back on its input stream (ARGS=--dry-run lists them)
 	$(BIN)/python -m scripts.replay --stage $(STAGE) $(ARGS)
 
-invoke: setup  ## invoke the stage's function once with a sample Kinesis event, print its logs
+invoke: setup  ## invoke the stage's alias live once with a sample Kinesis event, print its logs (ARGS=--self-test: the model's known rides)
 	$(BIN)/python -m scripts.invoke --stage $(STAGE) $(ARGS)
+
+rollback: setup  ## move the stage's alias live back to the previous version (ARGS="--to-version N")
+	$(BIN)/python -m scripts.rollback --stage $(STAGE) $(ARGS)
 
 # --- Web service and batch scoring (same model path as the function) ---------------------
 .PHONY: serve score web-image docker-engine

@@ -415,6 +415,7 @@ def load_configured_model(settings: Settings) -> LoadedModel:
         settings.model_uri,
         settings.model_cache_dir,
         s3_client_factory=lambda: boto3.client("s3", config=aws_client_config()),
+        expected_sha256=settings.model_sha256,
     )
     if not (settings.model_version or settings.model_run_id):
         return model

@@ -1,32 +1,45 @@
-"""Create or update a stage's stack (infra/template.yaml) and wait until it is done.
+"""Create or update a stage's stack (infra/template.yaml), then release the new function version.
 
     python -m scripts.deploy --stage dev --image-uri <uri@sha256:...>        # first time
     python -m scripts.deploy --stage dev --model-uri s3://<bucket>/models/<name>/   # promote a model
     python -m scripts.deploy --stage dev --model-uri models:/ride-duration@champion # ... from the registry
     python -m scripts.deploy --stage dev --zip s3://<bucket>/<key>.zip              # a zip package instead
-    python -m scripts.deploy --stage dev --image-uri <previous uri@sha256:...>     # roll back code
+    python -m scripts.deploy --stage dev --image-uri <uri@sha256:...> --preview    # the change set only
 
 What is not given keeps its deployed value (ImageUri, ModelUri and every template parameter),
 so a deploy changes only what it names. It prints what changed and the command that undoes it.
 The image must be in ECR by digest (`make publish` prints it); an s3:// model must be under the
-stack's model prefix (the only place the function may read) and hold an MLmodel file. A runs:/
+stack's model prefix (the only place the function may read) and hold an MLmodel file, and is
+pinned by the SHA-256 of its files (ModelSha256: the function refuses other files). A runs:/
 or models:/ URI is resolved here, through MLFLOW_TRACKING_URI, to the model's s3:// location,
 registry version and run id (the function has no mlflow and no tracking server): a moving alias
 is pinned to the version it names now.
+
+The stream invokes the alias `live`, never $LATEST. After the stack update, the deploy
+publishes a version of the function, invokes it with the self-test event (the model's known
+rides; nothing is written) and only then moves the alias to it; a version that fails is deleted
+and the alias stays. Then it watches the stage's alarms (--watch-minutes) and moves the alias
+back if one fires. `make rollback` moves it back by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError, WaiterError
 
+from scripts import alarm_watch
+from scripts.invoke import LIVE_ALIAS, self_test
+from scripts.live_alias import delete_version, description, live_version, move, publish
 from scripts.publish import parse_image_uri
 from scripts.stack import (
     TEMPLATE,
@@ -43,6 +56,7 @@ from scripts.stack import (
     say,
     session,
 )
+from stream.model_loading import download_s3_model, model_files_sha256
 from stream.model_registry import RegistryUnavailableError, artifact_location, is_registry_uri, pin
 
 # A stack whose status ends so is being changed; one in NEEDS_DELETE cannot be updated at all.
@@ -55,13 +69,19 @@ class StackOperationError(ScriptError):
     """CloudFormation rolled the create or update back (or it did not finish in time)."""
 
 
+class ReleaseError(ScriptError):
+    """The new version failed its check, or an alarm fired after the alias moved to it."""
+
+
 @dataclass(frozen=True)
 class ModelSource:
-    """What the function loads (s3:// or a path in the package) and what names it in events."""
+    """What the function loads (s3:// or a path in the package), what names it in events, and
+    the SHA-256 of its files (s3:// only: a path is inside the image or zip, pinned with it)."""
 
     uri: str
     version: str = ""
     run_id: str = ""
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,14 +110,22 @@ class Deployment:
     overrides: tuple[tuple[str, str], ...] = ()
     model: ModelSource | None = None  # model_uri with its version and run id, once resolved
     zip_package: ZipPackage | None = None
+    live_version: str | None = None  # where the alias points now: CloudFormation keeps it there
 
     def requested(self) -> dict[str, str]:
         values: dict[str, str] = {}
         model = self.model or (ModelSource(self.model_uri) if self.model_uri else None)
         if model:
-            # Always all three: a plain s3:// model must not keep the previous model's version.
-            values |= {"ModelUri": model.uri, "ModelVersion": model.version, "ModelRunId": model.run_id}
+            # Always all four: a plain s3:// model must not keep the previous model's version.
+            values |= {
+                "ModelUri": model.uri,
+                "ModelVersion": model.version,
+                "ModelRunId": model.run_id,
+                "ModelSha256": model.sha256,
+            }
         values |= dict(self.overrides)
+        if self.live_version:
+            values["LiveVersion"] = self.live_version
         if self.image_uri:
             values |= {"ImageUri": self.image_uri, "PackageType": "Image"}
         if self.zip_package:
@@ -203,6 +231,13 @@ def check_model_uri(s3: Any, model_uri: str, outputs: dict[str, str] | None) -> 
         raise
 
 
+def model_sha256(s3: Any, model_uri: str) -> str:
+    """The SHA-256 of the files under an s3:// model prefix, as the function computes it after
+    fetching them (stream/model_loading.py): fetched here the same way, into a scratch folder."""
+    with tempfile.TemporaryDirectory(prefix="model-sha256-") as scratch:
+        return model_files_sha256(download_s3_model(s3, model_uri, Path(scratch)))
+
+
 def check_zip(s3: Any, package: ZipPackage) -> None:
     """The zip must be in S3 (Lambda would fail the deploy minutes later otherwise)."""
     try:
@@ -245,16 +280,11 @@ def wait(cloudformation: Any, name: str, waiter_name: str, max_minutes: int) -> 
         raise StackOperationError(f"stack {name} ended {status}: {detail}") from None
 
 
-def deploy(
-    cloudformation: Any,
-    name: str,
-    stage: str,
-    deployment: Deployment,
-    *,
-    template: Path = TEMPLATE,
-    max_minutes: int = 30,
+def stack_request(
+    cloudformation: Any, name: str, stage: str, deployment: Deployment, template: Path
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Create or update the stack and wait; the stack before (None if new) and after."""
+    """The stack as it is (None if new) and the create or update request, once it is known the
+    stack can take one."""
     before = describe_stack(cloudformation, name)
     if before is not None:
         status = before["StackStatus"]
@@ -289,6 +319,20 @@ def deploy(
         "Capabilities": ["CAPABILITY_IAM"],
         "Tags": [{"Key": "project", "Value": "ride-duration"}, {"Key": "stage", "Value": stage}],
     }
+    return before, request
+
+
+def deploy(
+    cloudformation: Any,
+    name: str,
+    stage: str,
+    deployment: Deployment,
+    *,
+    template: Path = TEMPLATE,
+    max_minutes: int = 30,
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Create or update the stack and wait; the stack before (None if new) and after."""
+    before, request = stack_request(cloudformation, name, stage, deployment, template)
     if before is None:
         say(f"creating stack {name}")
         cloudformation.create_stack(**request)
@@ -307,6 +351,54 @@ def deploy(
     if after is None:  # deleted by someone else since the waiter saw it
         raise StackOperationError(f"stack {name} is gone")
     return before, after
+
+
+def preview(
+    cloudformation: Any, name: str, stage: str, deployment: Deployment, *, template: Path = TEMPLATE
+) -> list[str]:
+    """What a deploy would change, from a CloudFormation change set that is then deleted (never
+    executed: a deploy publishes, checks and moves the alias after the stack update, which
+    executing the change set by hand would skip)."""
+    before, request = stack_request(cloudformation, name, stage, deployment, template)
+    change_set = f"preview-{time.strftime('%Y%m%d-%H%M%S')}"
+    kind = "CREATE" if before is None else "UPDATE"
+    say(f"creating change set {change_set} of stack {name} ({kind})")
+    cloudformation.create_change_set(ChangeSetName=change_set, ChangeSetType=kind, **request)
+    try:
+        with contextlib.suppress(WaiterError):  # FAILED: described below (so is "no changes")
+            cloudformation.get_waiter("change_set_create_complete").wait(
+                StackName=name, ChangeSetName=change_set, WaiterConfig={"Delay": 5, "MaxAttempts": 120}
+            )
+        described = cloudformation.describe_change_set(StackName=name, ChangeSetName=change_set)
+        changes = [change["ResourceChange"] for change in described.get("Changes", [])]
+        reason = described.get("StatusReason", "")
+        if described["Status"] == "FAILED" and not changes:
+            if "didn't contain changes" in reason or "No updates" in reason:
+                return [f"change set {change_set} of stack {name}: no changes"]
+            raise StackOperationError(f"change set {change_set} of stack {name} failed: {reason}")
+        lines = [f"change set {change_set} of stack {name} ({kind}), not executed:"]
+        lines += [_change_line(change) for change in changes]
+        return lines
+    finally:
+        cloudformation.delete_change_set(StackName=name, ChangeSetName=change_set)
+        if before is None:  # a CREATE change set leaves an empty stack in REVIEW_IN_PROGRESS
+            cloudformation.delete_stack(StackName=name)
+
+
+def _change_line(change: dict[str, Any]) -> str:
+    changed = sorted(
+        {
+            detail["Target"].get("Name") or detail["Target"].get("Attribute", "")
+            for detail in change.get("Details", [])
+        }
+        - {""}
+    )
+    replacement = change.get("Replacement")
+    return (
+        f"  {change['Action']:<7} {change['LogicalResourceId']:<28} {change['ResourceType']:<32}"
+        + (f" {', '.join(changed)}" if changed else "")
+        + (f" (replacement: {replacement})" if replacement and replacement != "False" else "")
+    )
 
 
 def wait_for_function(lambda_client: Any, function_name: str) -> None:
@@ -336,6 +428,107 @@ def report(stage: str, before: dict[str, Any] | None, after: dict[str, Any]) -> 
     return lines
 
 
+def code_of(parameters: dict[str, str]) -> str:
+    """The function's code in a version's description: the image digest, or the zip."""
+    if parameters.get("PackageType") == "Zip":
+        return f"s3://{parameters.get('ZipBucket')}/{parameters.get('ZipKey')}"
+    return parameters.get("ImageUri", "").rpartition("@")[2][:19] or "(none)"  # sha256:<12 digits>
+
+
+@dataclass(frozen=True)
+class Watch:
+    """How long to watch the alarms after the alias moved (0: not at all), and how often."""
+
+    minutes: float = alarm_watch.DEFAULT_WATCH_MINUTES
+    poll_seconds: float | None = None
+    sleep: Callable[[float], None] = time.sleep
+
+
+def go_live(
+    lambda_client: Any,
+    cloudwatch: Any,
+    stage: str,
+    after: dict[str, Any],
+    *,
+    created: bool,
+    redeploy: bool = False,
+    watch: Watch = Watch(),
+) -> str:
+    """Publish what the stack deployed, check it, move the alias, watch: the live version."""
+    outputs, parameters = outputs_of(after), parameters_of(after)
+    function = outputs["FunctionName"]
+    live = live_version(lambda_client, function)
+    if live is None:
+        raise StackOperationError(
+            f"{function} has no alias {LIVE_ALIAS!r}: the stack's template is older than this script"
+        )
+    model = parameters.get("ModelUri", "")
+    version = publish(lambda_client, function, description(live, code_of(parameters), model))
+    if version.number == live:
+        if not created:
+            say(f"the function's code and configuration are unchanged: version {live} stays live")
+            return live
+        # A new stack's first version is live already, but no producer writes to a new stream yet.
+        say(f"version {live} (the stack's first): invoking it with the self-test event")
+        outcome = self_test(lambda_client, function, live, model)
+        for line in outcome.lines():
+            say(line)
+        if not outcome.passed:
+            raise ReleaseError(
+                f"the new stack's first version fails its self-test ({outcome.error}): deploy another "
+                "image or model (records put meanwhile wait: the mapping retries them)"
+            )
+        say(f"alias {LIVE_ALIAS}: version {live}")
+        return live
+    if not version.new and not redeploy:
+        raise PrerequisiteError(
+            f"version {version.number} ({version.description}) is what the stack describes, and it is not "
+            f"live (version {live} is): it was rolled back, or a deploy stopped before moving the alias. "
+            "Deploy other code or another model, or pass --redeploy to check it and put it live again"
+        )
+    say(f"version {version.number}: invoking it with the self-test event")
+    outcome = self_test(lambda_client, function, version.number, model)
+    for line in outcome.lines():
+        say(line)
+    if not outcome.passed:
+        if version.new:
+            delete_version(lambda_client, function, version.number)
+        raise ReleaseError(
+            f"version {version.number} failed its pre-traffic check ({outcome.error}); alias {LIVE_ALIAS} "
+            f"stays on version {live}"
+            + (f", version {version.number} was deleted" if version.new else "")
+            + ". The stack still names its code and model: deploy a fix, or the previous ones back"
+        )
+    move(lambda_client, function, version.number, live)
+    say(f"alias {LIVE_ALIAS}: version {live} -> {version.number}")
+    if watch.minutes <= 0:
+        say(f"alarms not watched (--watch-minutes 0); roll back with: make rollback STAGE={stage}")
+        return version.number
+    try:
+        fired = alarm_watch.watch(
+            cloudwatch,
+            outputs["AlarmTopicArn"],
+            watch.minutes,
+            name_prefix=f"{function}-",
+            say=say,
+            poll_seconds=watch.poll_seconds,
+            sleep=watch.sleep,
+        )
+    except KeyboardInterrupt:
+        raise ReleaseError(
+            f"stopped watching the alarms (Ctrl-C): version {version.number} stays live; roll back with: "
+            f"make rollback STAGE={stage}"
+        ) from None
+    if fired is None:
+        say(f"no alarm fired in {watch.minutes:g} minute(s): version {version.number} stays live")
+        return version.number
+    move(lambda_client, function, live, version.number)
+    raise ReleaseError(
+        f"alarm {fired.name} went to ALARM at {fired.at} ({fired.reason}); rolled back: alias "
+        f"{LIVE_ALIAS}: version {version.number} -> {live}"
+    )
+
+
 def rollback_command(stage: str, old: dict[str, str]) -> str:
     """The deploy that restores the previous code and model, with the model's version and run."""
     if old.get("PackageType") == "Zip":
@@ -346,6 +539,23 @@ def rollback_command(stage: str, old: dict[str, str]) -> str:
         arguments = []
     arguments += [f"--parameter {key}={old[key]}" for key in ("ModelVersion", "ModelRunId") if old.get(key)]
     return command + (f' ARGS="{" ".join(arguments)}"' if arguments else "")
+
+
+def live_before(cloudformation: Any, lambda_client: Any, name: str, *, changes_code: bool) -> str | None:
+    """The version the alias points to before the deploy (None: no stack, or no alias yet)."""
+    existing = describe_stack(cloudformation, name)
+    if existing is None:
+        return None
+    outputs = outputs_of(existing)
+    if "LiveAliasArn" not in outputs:
+        if changes_code:
+            # The update would create the alias on a version of the new code, with no check first.
+            raise PrerequisiteError(
+                f"stack {name} predates the alias {LIVE_ALIAS!r}: deploy once without --image-uri, --zip "
+                "and --model-uri (it adds the alias on the code running now), then deploy the new ones"
+            )
+        return None
+    return live_version(lambda_client, outputs["FunctionName"])
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -385,6 +595,23 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument(
         "--max-minutes", type=int, default=30, help="give up waiting after this (default: 30)"
     )
+    result.add_argument(
+        "--preview",
+        action="store_true",
+        help="create a change set, print it and delete it: nothing is changed",
+    )
+    result.add_argument(
+        "--watch-minutes",
+        type=float,
+        default=alarm_watch.DEFAULT_WATCH_MINUTES,
+        help="after moving the alias, watch the stage's alarms this long and move it back if one "
+        "fires (default: %(default)g; 0: do not watch)",
+    )
+    result.add_argument(
+        "--redeploy",
+        action="store_true",
+        help="put the stack's version live again although it was rolled back from",
+    )
     return result
 
 
@@ -407,16 +634,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = resolve_model(args.model_uri)
         existing = describe_stack(cloudformation, name)
         check_model_uri(aws.client("s3"), model.uri, outputs_of(existing) if existing else None)
-    deployment = Deployment(
-        args.image_uri, model.uri if model else None, tuple(args.parameter), model, zip_package
+    if model and urlparse(model.uri).scheme == "s3":
+        model = replace(model, sha256=model_sha256(aws.client("s3"), model.uri))
+        say(f"{model.uri} pinned by the SHA-256 of its files: {model.sha256}")
+    if any(key == "LiveVersion" for key, _ in args.parameter):
+        raise PrerequisiteError(
+            "LiveVersion is kept by the deploy itself: move the alias with `make rollback`"
+        )
+    lambda_client = aws.client("lambda")
+    live = live_before(
+        cloudformation, lambda_client, name, changes_code=bool(args.image_uri or zip_package or model)
     )
+    deployment = Deployment(
+        args.image_uri, model.uri if model else None, tuple(args.parameter), model, zip_package, live
+    )
+    if args.preview:
+        for line in preview(cloudformation, name, args.stage, deployment, template=args.template):
+            print(line)
+        return 0
     before, after = deploy(
         cloudformation, name, args.stage, deployment, template=args.template, max_minutes=args.max_minutes
     )
     outputs = outputs_of(after)
-    wait_for_function(aws.client("lambda"), outputs["FunctionName"])
+    wait_for_function(lambda_client, outputs["FunctionName"])
     for line in report(args.stage, before, after):
         say(line)
+    go_live(
+        lambda_client,
+        aws.client("cloudwatch"),
+        args.stage,
+        after,
+        created=before is None,
+        redeploy=args.redeploy,
+        watch=Watch(minutes=args.watch_minutes),
+    )
     for key, value in sorted(outputs.items()):
         print(f"{key}\t{value}")
     return 0

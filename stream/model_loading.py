@@ -9,9 +9,11 @@ mlflow is installed (the dev environment, `stream/model_registry.py`); other fla
 `mlflow.pyfunc` alone costs about 2 s of cold start, as much again as scikit-learn itself.
 Downloaded models are kept under the cache directory, the most recently used few only.
 
-Then two checks, so that a model that cannot serve fails the init instead of dead-lettering
-every ride: its signature against the features the function can give (`stream/features.py`),
-and its answers to known rides (`stream/self_test.py`).
+Before anything is deserialised, a model pinned by content (MODEL_SHA256, set by
+`scripts/deploy.py`) must be exactly those files (`model_files_sha256`). Then two checks, so
+that a model that cannot serve fails the init instead of dead-lettering every ride: its
+signature against the features the function can give (`stream/features.py`), and its answers
+to known rides (`stream/self_test.py`).
 """
 
 from __future__ import annotations
@@ -100,12 +102,20 @@ class LoadedModel:
         return run_self_test(self.predict_rides, self.known_rides, self.info.uri, self.info.version)
 
 
-def load_model(uri: str, cache_dir: Path, s3_client_factory: Callable[[], Any] | None = None) -> LoadedModel:
-    """Fetch (or reuse from the cache) the model directory, deserialise it, and check it: its
-    signature against the features the function makes, its answers against its known rides."""
+def load_model(
+    uri: str,
+    cache_dir: Path,
+    s3_client_factory: Callable[[], Any] | None = None,
+    expected_sha256: str | None = None,
+) -> LoadedModel:
+    """Fetch (or reuse from the cache) the model directory, check its files against the pinned
+    SHA-256 if there is one, deserialise it, and check it: its signature against the features
+    the function makes, its answers against its known rides."""
     started = time.perf_counter()
     try:
         local_dir, registry_version = fetch_model_dir(uri, cache_dir, s3_client_factory)
+        if expected_sha256:
+            verify_model_files(uri, local_dir, expected_sha256)
         fetched = time.perf_counter()
         mlmodel = read_mlmodel(local_dir)
         predictor, flavor = deserialise(local_dir, mlmodel)
@@ -145,6 +155,34 @@ def load_model(uri: str, cache_dir: Path, s3_client_factory: Callable[[], Any] |
     if not report.passed:
         raise ModelLoadError(uri, f"self-test failed: {report.problem}{_hints(model)}")
     return model
+
+
+def model_files_sha256(model_dir: Path) -> str:
+    """The SHA-256 of a model directory's files: of the `sha256sum` lines (`<hex>  <path>`) of
+    every file, paths relative and sorted bytewise. The same as
+    `(cd model && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum) | sha256sum`.
+    scripts/deploy.py computes it for the files under an s3:// prefix (what this module fetches)."""
+    files = sorted(
+        (path.relative_to(model_dir).as_posix(), path) for path in model_dir.rglob("*") if path.is_file()
+    )
+    listing = hashlib.sha256()
+    for relative, path in files:
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        listing.update(f"{digest}  {relative}\n".encode())
+    return listing.hexdigest()
+
+
+def verify_model_files(uri: str, model_dir: Path, expected_sha256: str) -> None:
+    """Refuse a model whose files are not the pinned ones, before any of them is unpickled
+    (0.8 ms for `make train`'s 144 KB model, measured here; SHA-256 runs at about 1.5 GB/s)."""
+    actual = model_files_sha256(model_dir)
+    if actual != expected_sha256:
+        raise ModelLoadError(
+            uri,
+            f"its files' SHA-256 is {actual}, not {expected_sha256} (MODEL_SHA256): the model changed "
+            "since it was deployed, so it is refused; deploy it again to pin what is there now",
+        )
 
 
 def _hints(model: LoadedModel) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ class Settings:
     # sets them when it resolves a runs:/ or models:/ URI to the model's s3:// location.
     model_version: str | None
     model_run_id: str | None
+    # The SHA-256 of the model's files, pinned by scripts/deploy.py: other files are refused.
+    model_sha256: str | None
     put_records_retry: RetryPolicy
     log_level: str
     kinesis_endpoint_url: str | None
@@ -44,6 +47,7 @@ class Settings:
             model_cache_dir=Path(env.get("MODEL_CACHE_DIR") or "/tmp/model-cache"),  # noqa: S108
             model_version=env.get("MODEL_VERSION") or None,
             model_run_id=env.get("MODEL_RUN_ID") or None,
+            model_sha256=_sha256(env, "MODEL_SHA256"),
             put_records_retry=RetryPolicy(
                 max_attempts=_int(env, "PUT_RECORDS_MAX_ATTEMPTS", 5, minimum=1),
                 base_delay=_int(env, "PUT_RECORDS_BASE_DELAY_MS", 100, minimum=0) / 1000,
@@ -87,6 +91,15 @@ def kinesis_endpoint_url(env: Mapping[str, str]) -> str | None:
     if env.get("AWS_ENDPOINT_URL_KINESIS") or env.get("AWS_ENDPOINT_URL"):
         return None
     return env.get("KINESIS_ENDPOINT_URL") or None
+
+
+def _sha256(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", raw):
+        raise ConfigurationError(f"{name} must be a SHA-256 in hex (64 digits), got {raw!r}")
+    return raw.lower()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:

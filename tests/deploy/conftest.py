@@ -19,6 +19,12 @@ import pytest
 
 from scripts.deploy import Deployment, deploy
 from scripts.stack import PROJECT_ROOT
+from stream.self_test import BUILT_IN_RIDES, SelfTestReport
+from tests.deploy import moto_cloudformation
+
+# moto's CloudFormation lacks AWS::Lambda::Alias (and two details the template relies on): added
+# to the moto server these tests run in this process (tests/deploy/moto_cloudformation.py).
+moto_cloudformation.install()
 
 # Every CloudFormation template: the stage's, the image repository's, CI's roles.
 TEMPLATES = sorted((PROJECT_ROOT / "infra").glob("*.yaml"))
@@ -95,6 +101,30 @@ def aws_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     moto_api(moto_server, "config", {"lambda": {"use_docker": False}})
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     return moto_server
+
+
+def self_test_report(model_uri: str = "/opt/ml/model", *, drift: float = 0.0) -> str:
+    """A function's answer to {"self_test": true}, as SelfTestReport.to_dict() makes it; with
+    `drift`, the model predicts the recorded rides that many minutes off."""
+    expected = [10.0 + index for index in range(len(BUILT_IN_RIDES))]
+    got = [value + drift for value in expected]
+    report = SelfTestReport(
+        model_uri=model_uri,
+        model_version="run-1",
+        source="rides recorded with the model",
+        rides=[ride.model_dump() for ride in BUILT_IN_RIDES],
+        expected=expected,
+        got=got,
+        max_difference=drift,
+        problem=f"4 of 4 predictions differ by up to {drift} min" if drift else None,
+        seconds=0.003,
+    )
+    return json.dumps(report.to_dict())
+
+
+def answer_invocations(endpoint: str, *answers: str) -> None:
+    """What moto's Lambda (which cannot run an image) answers to the next invocations, in order."""
+    moto_api(endpoint, "static/lambda-simple/response", {"results": list(answers), "region": REGION})
 
 
 @pytest.fixture

@@ -60,6 +60,15 @@ NOT_USED_BY_THE_STAGE = {
         "s3:GetObject",
         "s3:GetObjectVersion",
     },
+    "alias traffic shifting by CodeDeploy, provisioned concurrency (deploy.py moves the alias)": {
+        "codedeploy:CreateDeployment",
+        "codedeploy:GetDeployment",
+        "codedeploy:GetDeploymentConfig",
+        "codedeploy:GetDeploymentGroup",
+        "codedeploy:StopDeployment",
+        "lambda:DeleteProvisionedConcurrencyConfig",
+        "lambda:PutProvisionedConcurrencyConfig",
+    },
     "managed policies and permission boundaries on the function role (inline policy only)": {
         "iam:AttachRolePolicy",
         "iam:DetachRolePolicy",
@@ -307,8 +316,9 @@ def test_deploy_role_grants_nothing_the_stage_does_not_need() -> None:
         "ecr:DescribeImages",
         "ecr:GetDownloadUrlForLayer",
         "ecr:GetRepositoryPolicy",
-        "lambda:GetFunctionConfiguration",
     }
+    # deploy.py's release (publish, check, alias, watch) uses what the version's and the alias's
+    # handlers use, and the pipeline policy's invoke.
     assert stage_actions() - needed == pipeline
 
 

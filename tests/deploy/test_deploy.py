@@ -14,7 +14,9 @@ from botocore.stub import Stubber
 from scripts import deploy as deploy_script
 from scripts.deploy import Deployment, StackOperationError, ZipPackage, deploy
 from scripts.stack import PrerequisiteError, run
-from tests.deploy.conftest import STACK, STAGE, publish_fake_image
+from tests.deploy.conftest import STACK, STAGE, answer_invocations, publish_fake_image, self_test_report
+
+NO_WATCH = ["--watch-minutes", "0"]
 
 
 def function_config(client: Any) -> dict[str, Any]:
@@ -30,9 +32,11 @@ def upload_model(client: Any, stack: dict[str, str], name: str) -> str:
 
 
 def test_first_deploy_creates_the_stack_and_prints_its_outputs(
-    client: Any, image_uri: str, capsys: pytest.CaptureFixture[str]
+    client: Any, image_uri: str, aws_endpoint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(deploy_script.main, ["--stage", STAGE, "--image-uri", image_uri]) == 0
+    answer_invocations(aws_endpoint, self_test_report())
+
+    assert run(deploy_script.main, ["--stage", STAGE, "--image-uri", image_uri, *NO_WATCH]) == 0
 
     out, err = capsys.readouterr()
     outputs = dict(line.split("\t") for line in out.splitlines())
@@ -46,11 +50,12 @@ def test_first_deploy_creates_the_stack_and_prints_its_outputs(
 
 
 def test_a_new_model_changes_only_the_model_and_prints_the_way_back(
-    client: Any, stack: dict[str, str], image_uri: str, capsys: pytest.CaptureFixture[str]
+    client: Any, stack: dict[str, str], image_uri: str, aws_endpoint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model_uri = upload_model(client, stack, "run-2")
+    answer_invocations(aws_endpoint, self_test_report(model_uri))
 
-    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", model_uri]) == 0
+    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", model_uri, *NO_WATCH]) == 0
 
     config = function_config(client)
     assert config["Configuration"]["Environment"]["Variables"]["MODEL_URI"] == model_uri
@@ -60,14 +65,15 @@ def test_a_new_model_changes_only_the_model_and_prints_the_way_back(
     assert f"roll back with: make deploy STAGE={STAGE} IMAGE={image_uri} MODEL_URI=/opt/ml/model" in err
 
 
-def test_rolling_back_is_deploying_the_previous_digest(
-    client: Any, stack: dict[str, str], image_uri: str
+def test_deploying_the_previous_digest_again_restores_the_code(
+    client: Any, stack: dict[str, str], image_uri: str, aws_endpoint: str
 ) -> None:
     newer = publish_fake_image(client("ecr"), tag="1" * 40)
     deploy(client("cloudformation"), STACK, STAGE, Deployment(image_uri=newer))
     assert function_config(client)["Code"]["ImageUri"] == newer
+    answer_invocations(aws_endpoint, self_test_report())
 
-    assert run(deploy_script.main, ["--stage", STAGE, "--image-uri", image_uri]) == 0
+    assert run(deploy_script.main, ["--stage", STAGE, "--image-uri", image_uri, *NO_WATCH]) == 0
 
     assert function_config(client)["Code"]["ImageUri"] == image_uri
 
@@ -78,7 +84,7 @@ def test_parameters_not_named_keep_their_deployed_values(client: Any, stack: dic
 
     deploy(cloudformation, STACK, STAGE, Deployment(model_uri=upload_model(client, stack, "run-3")))
 
-    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["FunctionName"])[
+    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["LiveAliasArn"])[
         "EventSourceMappings"
     ]
     assert mapping["BatchSize"] == 250
@@ -113,17 +119,21 @@ def test_a_registry_alias_is_deployed_as_its_s3_location_version_and_run(
     client: Any,
     stack: dict[str, str],
     image_uri: str,
+    aws_endpoint: str,
     *,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     store = registry(tmp_path, monkeypatch)
+    champion = ["--stage", STAGE, "--model-uri", "models:/ride-duration@champion", *NO_WATCH]
     first = store.register(upload_model(client, stack, "registry-1"))
-    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", "models:/ride-duration@champion"]) == 0
+    answer_invocations(aws_endpoint, self_test_report(f"{stack['ModelPrefixUri']}registry-1/"))
+    assert run(deploy_script.main, champion) == 0
     second = store.register(upload_model(client, stack, "registry-2"))  # the alias moves on
+    answer_invocations(aws_endpoint, self_test_report(f"{stack['ModelPrefixUri']}registry-2/"))
 
-    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", "models:/ride-duration@champion"]) == 0
+    assert run(deploy_script.main, champion) == 0
 
     variables = function_config(client)["Configuration"]["Environment"]["Variables"]
     assert variables["MODEL_URI"] == f"{stack['ModelPrefixUri']}registry-2/"
@@ -138,15 +148,21 @@ def test_a_registry_alias_is_deployed_as_its_s3_location_version_and_run(
 
 
 def test_a_plain_s3_model_after_a_registry_one_names_no_registry_version(
-    client: Any, stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client: Any, stack: dict[str, str], aws_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = registry(tmp_path, monkeypatch)
     store.register(upload_model(client, stack, "registry-1"))
-    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", "models:/ride-duration/1"]) == 0
-
-    assert (
-        run(deploy_script.main, ["--stage", STAGE, "--model-uri", upload_model(client, stack, "plain")]) == 0
+    plain = upload_model(client, stack, "plain")
+    answer_invocations(
+        aws_endpoint,
+        self_test_report(f"{stack['ModelPrefixUri']}registry-1/"),
+        self_test_report(plain),
     )
+    assert (
+        run(deploy_script.main, ["--stage", STAGE, "--model-uri", "models:/ride-duration/1", *NO_WATCH]) == 0
+    )
+
+    assert run(deploy_script.main, ["--stage", STAGE, "--model-uri", plain, *NO_WATCH]) == 0
 
     variables = function_config(client)["Configuration"]["Environment"]["Variables"]
     assert (variables["MODEL_VERSION"], variables["MODEL_RUN_ID"]) == ("", "")

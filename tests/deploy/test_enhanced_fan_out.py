@@ -98,7 +98,7 @@ def deployed(client: Any, stack: dict[str, str], **parameters: str) -> Resolver:
         "logGroups"
     ]
     resolver = Resolver.with_defaults(Stage=STAGE, **parameters)
-    resolver.refs = {"Function": stack["FunctionName"]}
+    resolver.refs = {"Function": stack["FunctionName"], "LiveAlias": stack["LiveAliasArn"]}
     resolver.attributes = {
         "InputStream.Arn": stream_arn("InputStreamName"),
         "PredictionsStream.Arn": stream_arn("PredictionsStreamName"),
@@ -138,11 +138,12 @@ def test_the_resolver_reads_the_default_variant_as_moto_deployed_it(
     document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
     if isinstance(document, str):  # moto stores a policy created by CloudFormation as a Python repr
         document = ast.literal_eval(document)
-    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["FunctionName"])[
+    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["LiveAliasArn"])[
         "EventSourceMappings"
     ]
 
     assert resolver.properties("EventSourceMapping")["EventSourceArn"] == mapping["EventSourceArn"]
+    assert resolver.properties("EventSourceMapping")["FunctionName"] == mapping["FunctionArn"]
     # moto keeps `!Ref AWS::NoValue` in a list as null; CloudFormation (and the resolver) drop it.
     assert grants(role_statements(resolver)) == grants([s for s in document["Statement"] if s is not None])
 

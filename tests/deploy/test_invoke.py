@@ -17,7 +17,7 @@ from botocore.stub import Stubber
 from scripts import invoke as invoke_script
 from scripts.stack import run
 from stream.ride_events import KinesisRecord, decode_ride_event
-from tests.deploy.conftest import STAGE, moto_api
+from tests.deploy.conftest import STAGE, answer_invocations, moto_api, self_test_report
 
 ARN = "arn:aws:kinesis:eu-west-1:210987654321:stream/ride-events-prod"
 
@@ -52,7 +52,7 @@ def test_invoke_prints_the_functions_answer(
 
     out, err = capsys.readouterr()
     assert json.loads(out) == {"batchItemFailures": []}
-    assert f"invoking {stack['FunctionName']} with 1 record(s)" in err
+    assert f"invoking {stack['FunctionName']}:live with 1 record(s)" in err  # what the stream invokes
 
 
 def test_write_event_writes_the_sample_for_the_stage_and_invokes_nothing(
@@ -94,3 +94,55 @@ def test_a_function_error_comes_back_with_the_log_tail() -> None:
     assert error == "Unhandled"
     assert payload["errorType"] == "BatchRetryError"
     assert "BatchRetryError: 1 of 1 records failed" in tail
+
+
+def test_self_test_invokes_the_alias_and_prints_the_report(
+    stack: dict[str, str], aws_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer_invocations(aws_endpoint, self_test_report())
+
+    assert run(invoke_script.main, ["--stage", STAGE, "--self-test"]) == 0
+
+    out, err = capsys.readouterr()
+    assert json.loads(out)["self_test"] == "passed"
+    assert err.splitlines()[0] == f"self-test of {stack['FunctionName']}:live: passed"
+
+
+def test_a_failed_self_test_exits_1_with_the_difference(
+    stack: dict[str, str], aws_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer_invocations(aws_endpoint, self_test_report(drift=0.5))
+
+    assert run(invoke_script.main, ["--stage", STAGE, "--self-test", "--qualifier", "1"]) == 1
+
+    err = capsys.readouterr().err
+    assert f"self-test of {stack['FunctionName']}:1: FAILED" in err
+    assert ["130->205", "3.66", "mi", "10", "10.5", "0.5"] in [line.split() for line in err.splitlines()]
+    assert "the model failed its self-test: 4 of 4 predictions differ by up to 0.5 min" in err
+
+
+def test_an_init_failure_is_a_failed_self_test() -> None:
+    """What moto cannot answer: a version whose init failed (the real one: test_pre_traffic_check.py)."""
+    client = boto3.client("lambda", region_name="us-east-1")
+    body = b'{"errorMessage": "cannot load model from \'s3://m/models/x/\': no MLmodel", "errorType": "ModelLoadError"}'
+    with Stubber(client) as stubber:
+        stubber.add_response(
+            "invoke",
+            {
+                "StatusCode": 200,
+                "FunctionError": "Unhandled",
+                "Payload": StreamingBody(io.BytesIO(body), len(body)),
+            },
+            {
+                "FunctionName": "ride-duration-test",
+                "Payload": b'{"self_test": true}',
+                "LogType": "Tail",
+                "Qualifier": "3",
+            },
+        )
+        outcome = invoke_script.self_test(client, "ride-duration-test", "3")
+
+    assert (
+        outcome.error
+        == "the function failed (ModelLoadError): cannot load model from 's3://m/models/x/': no MLmodel"
+    )

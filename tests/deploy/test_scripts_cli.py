@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from scripts import account_stacks, deploy, invoke, promote, publish, replay, smoke_test
+from scripts import account_stacks, deploy, invoke, promote, publish, replay, rollback, smoke_test
 from scripts.stack import PROJECT_ROOT, load_template, run
 
 SCRIPTS = {
@@ -21,8 +21,9 @@ SCRIPTS = {
     "replay": replay,
     "promote": promote,
     "account_stacks": account_stacks,
+    "rollback": rollback,
 }
-STAGE_SCRIPTS = ["deploy", "smoke_test", "invoke"]
+STAGE_SCRIPTS = ["deploy", "smoke_test", "invoke", "rollback"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -120,5 +121,5 @@ def test_expired_credentials_are_named_as_such(capsys: pytest.CaptureFixture[str
 def test_template_short_forms_read_as_cloudformation_long_forms() -> None:
     resources = load_template()["Resources"]
     assert resources["Function"]["Properties"]["Role"] == {"Fn::GetAtt": ["FunctionRole", "Arn"]}
-    assert resources["EventSourceMapping"]["Properties"]["FunctionName"] == {"Ref": "Function"}
+    assert resources["EventSourceMapping"]["Properties"]["FunctionName"] == {"Ref": "LiveAlias"}
     assert resources["InputStream"]["Properties"]["Name"] == {"Fn::Sub": "ride-events-${Stage}"}

@@ -84,7 +84,7 @@ def test_streams_have_their_names_and_retention(client: Any, stack: dict[str, st
 def test_event_source_mapping_is_bounded_bisects_and_reports_item_failures(
     client: Any, stack: dict[str, str]
 ) -> None:
-    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["FunctionName"])[
+    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["LiveAliasArn"])[
         "EventSourceMappings"
     ]
     queue_arn = client("sqs").get_queue_attributes(
@@ -92,7 +92,7 @@ def test_event_source_mapping_is_bounded_bisects_and_reports_item_failures(
     )["Attributes"]["QueueArn"]
 
     assert mapping["EventSourceArn"] == stack["InputStreamArn"]
-    assert mapping["FunctionArn"].endswith(f":function:{stack['FunctionName']}")
+    assert mapping["FunctionArn"].endswith(f":function:{stack['FunctionName']}:live")
     assert {key: mapping[key] for key in SETTINGS} == {
         "BatchSize": 100,
         "MaximumBatchingWindowInSeconds": 1,
@@ -110,7 +110,7 @@ def test_mapping_settings_follow_the_stack_parameters(client: Any, stack: dict[s
     overrides = (("BatchSize", "500"), ("ParallelizationFactor", "4"), ("MaximumRetryAttempts", "3"))
     deploy(client("cloudformation"), STACK, STAGE, Deployment(overrides=overrides))
 
-    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["FunctionName"])[
+    [mapping] = client("lambda").list_event_source_mappings(FunctionName=stack["LiveAliasArn"])[
         "EventSourceMappings"
     ]
     assert (mapping["BatchSize"], mapping["ParallelizationFactor"], mapping["MaximumRetryAttempts"]) == (
@@ -171,6 +171,7 @@ def test_function_runs_the_image_with_memory_timeout_and_the_stack_streams(
         "MODEL_URI": "/opt/ml/model",
         "MODEL_VERSION": "",
         "MODEL_RUN_ID": "",
+        "MODEL_SHA256": "",
         "PREDICTIONS_STREAM_NAME": stack["PredictionsStreamName"],
         "DEAD_LETTER_STREAM_NAME": stack["DeadLetterStreamName"],
         "LOG_LEVEL": "INFO",
@@ -307,7 +308,7 @@ def test_model_bucket_is_encrypted_versioned_private_and_tls_only(client: Any, s
     assert bucket["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
     assert set(bucket["Properties"]["PublicAccessBlockConfiguration"].values()) == {True}
     assert len(bucket["Properties"]["PublicAccessBlockConfiguration"]) == 4
-    [deny] = properties("ModelBucketPolicy")["PolicyDocument"]["Statement"]
+    deny = properties("ModelBucketPolicy")["PolicyDocument"]["Statement"][0]
     assert (deny["Effect"], deny["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": "false"}})
 
 
@@ -334,3 +335,56 @@ def test_alarms_watch_iterator_age_function_errors_and_discarded_batches() -> No
 def test_default_model_uri_is_where_the_dockerfile_bakes_the_model() -> None:
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     assert f"ENV MODEL_URI={PARAMETERS['ModelUri']['Default']}\n" in dockerfile
+
+
+def test_the_mapping_invokes_the_alias_of_a_published_version_never_latest() -> None:
+    assert properties("EventSourceMapping")["FunctionName"] == {"Ref": "LiveAlias"}
+    alias = properties("LiveAlias")
+    assert alias["Name"] == "live"
+    # CloudFormation only creates it on the first version; afterwards deploy.py passes the version
+    # the alias points to, so no stack update ever moves the stream's traffic.
+    assert alias["FunctionVersion"] == {
+        "Fn::If": ["HasLiveVersion", {"Ref": "LiveVersion"}, {"Fn::GetAtt": ["InitialVersion", "Version"]}]
+    }
+    assert TEMPLATE["Conditions"]["HasLiveVersion"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "LiveVersion"}, ""]}]
+    }
+    assert (accepts("LiveVersion", "12"), accepts("LiveVersion", "$LATEST")) == (True, False)
+    # A replaced first version may still be live: kept.
+    assert RESOURCES["InitialVersion"]["UpdateReplacePolicy"] == "Retain"
+    assert set(of_type("AWS::Lambda::Version")) == {"InitialVersion"}
+
+
+def test_the_dead_letter_stream_is_on_demand() -> None:
+    dead_letters = properties("DeadLetterStream")
+    assert dead_letters["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"}
+    assert "ShardCount" not in dead_letters  # CloudFormation refuses one with ON_DEMAND
+    for name in ("InputStream", "PredictionsStream"):
+        assert properties(name)["StreamModeDetails"] == {"StreamMode": "PROVISIONED"}
+
+
+def test_only_the_listed_writers_may_write_or_delete_models_and_the_policy_stays_editable() -> None:
+    statements = properties("ModelBucketPolicy")["PolicyDocument"]["Statement"]
+    [conditional] = [s for s in statements if "Fn::If" in s]
+    condition, writers_only, otherwise = conditional["Fn::If"]
+    assert (condition, otherwise) == ("HasModelWriters", {"Ref": "AWS::NoValue"})
+    assert writers_only == {
+        "Sid": "OnlyModelWritersWriteModels",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"],
+        "Resource": {"Fn::Sub": "${ModelBucket.Arn}/models/*"},
+        "Condition": {"ArnNotLike": {"aws:PrincipalArn": {"Ref": "ModelWriterRoleArns"}}},
+    }
+    # Nothing denies changing the policy itself: an administrator can always replace the list.
+    denied = [action for s in statements if "Effect" in s for action in as_list(s["Action"])]
+    assert not [action for action in denied if "Policy" in action]
+    assert PARAMETERS["ModelWriterRoleArns"]["Type"] == "CommaDelimitedList"
+
+
+def test_the_model_is_pinned_by_a_sha256_the_function_receives() -> None:
+    assert properties("Function")["Environment"]["Variables"]["MODEL_SHA256"] == {"Ref": "ModelSha256"}
+    assert accepts("ModelSha256", "")
+    assert accepts("ModelSha256", "ab" * 32)
+    assert not accepts("ModelSha256", "AB" * 32)
+    assert not accepts("ModelSha256", "ab" * 31)
