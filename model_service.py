@@ -378,7 +378,12 @@ class ModelService:
             "records dead-lettered",
             extra={
                 "dead_letters": [
-                    {"sequence_number": d.record.sequence_number, "reason": d.reason} for d in letters
+                    {
+                        "sequence_number": d.record.sequence_number,
+                        "sub_sequence_number": d.record.sub_sequence_number,  # None: a plain record
+                        "reason": d.reason,
+                    }
+                    for d in letters
                 ]
             },
         )
