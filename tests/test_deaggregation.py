@@ -7,6 +7,9 @@ import base64
 import contextlib
 import hashlib
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,6 +55,7 @@ def records_of(*payloads: bytes, **kwargs: Any) -> list[KinesisRecord]:
     return [KinesisRecord.from_raw(raw) for raw in event_from_payloads(list(payloads), **kwargs)["Records"]]
 
 
+ROOT = Path(__file__).resolve().parent.parent
 RIDES = [(f"ride-{i}", b'{"ride_id": %d}' % i) for i in range(5)]
 
 
@@ -280,3 +284,14 @@ def test_the_producer_helper_packs_in_order_within_the_limits() -> None:
     assert [u for a in packed for u in read_aggregate(a.entry["Data"])] == users
     big = [(str(i), b"x" * 400_000) for i in range(5)]
     assert [a.carries for a in aggregate(big, per_record=20)] == [[0, 1], [2, 3], [4]]  # 1 MiB each at most
+
+
+def test_the_reader_benchmark_runs_and_the_readers_agree() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.deaggregation", "--aggregates", "2", "--per-aggregate", "5",
+         "--repeat", "1", "--cold-runs", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "this reader (stream/deaggregation.py)" in result.stdout
+    assert "protobuf's imports and the decoder's classes add" in result.stdout
