@@ -1,10 +1,12 @@
 """The streaming ride-duration service: one Kinesis batch in, predictions out.
 
-Read `ModelService.process` top to bottom: set aside re-delivered records this container
-already wrote, decode and validate every other record, predict all valid rides with ONE model
-call, write the predictions with PutRecords, dead-letter the records no retry can fix, and
-report the rest to Lambda for a retry, all within the invocation's time budget. Every input
-record ends as exactly one `Outcome`.
+Read `ModelService.process` top to bottom: unpack KPL-aggregated records into their user
+records, set aside re-delivered records this container already wrote, decode and validate every
+other record, predict all valid rides with ONE model call, write the predictions with
+PutRecords, dead-letter the records no retry can fix, and report the rest to Lambda for a retry,
+all within the invocation's time budget. Every user record (a plain Kinesis record is one, a KPL
+aggregate carries many, a corrupt aggregate is one) ends as exactly one `Outcome`;
+`BatchResult.response()` names each Kinesis record that must come back, once.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from botocore.config import Config
 
 from stream import restore_hooks
 from stream.deadline import BoundedClients, Deadline
+from stream.deaggregation import deaggregate
 from stream.features import RideColumns
 from stream.kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
 from stream.model_loading import LoadedModel, load_model
@@ -68,7 +71,7 @@ WRITTEN_BEFORE = {
 
 @dataclass(slots=True)  # per record: not frozen (see ride_events.KinesisRecord)
 class RecordOutcome:
-    """What became of one input record, and why when it was not predicted. A RETRY whose
+    """What became of one user record, and why when it was not predicted. A RETRY whose
     write failed for a reason no retry cures (a missing stream, no permission) is not
     `retryable`: Lambda still gets it back once the configuration is fixed."""
 
@@ -89,6 +92,9 @@ class ModelFailureError(RuntimeError):
 
 @dataclass
 class BatchResult:
+    """One outcome per user record (what the output streams hold one record for), and from them
+    the Kinesis records Lambda must deliver again (what batchItemFailures names)."""
+
     outcomes: list[RecordOutcome]
     timings_ms: dict[str, float] = field(default_factory=dict)
     put_records_calls: int = 0
@@ -99,6 +105,19 @@ class BatchResult:
     @property
     def retries(self) -> list[RecordOutcome]:
         return [o for o in self.outcomes if o.outcome is Outcome.RETRY]
+
+    @property
+    def kinesis_records(self) -> int:
+        """How many Kinesis records the batch held: each plain or corrupt record has one outcome
+        without a sub-sequence number, each valid KPL aggregate one user record numbered 0."""
+        return sum(1 for o in self.outcomes if not o.record.sub_sequence_number)
+
+    @property
+    def kinesis_records_to_retry(self) -> list[str]:
+        """The sequence numbers of the Kinesis records to deliver again, each once, in batch order:
+        an aggregate comes back whole if any of its user records must be retried (those written
+        already are then skipped by the re-delivery memory)."""
+        return list(dict.fromkeys(o.record.sequence_number for o in self.retries))
 
     @property
     def skipped_as_duplicate(self) -> int:
@@ -127,7 +146,7 @@ class BatchResult:
 
     def response(self) -> dict[str, list[dict[str, str]]]:
         """ReportBatchItemFailures: Lambda re-delivers from the lowest sequence number named."""
-        return {"batchItemFailures": [{"itemIdentifier": o.record.sequence_number} for o in self.retries]}
+        return {"batchItemFailures": [{"itemIdentifier": number} for number in self.kinesis_records_to_retry]}
 
 
 class NotAKinesisEventError(TypeError):
@@ -216,14 +235,15 @@ class ModelService:
         self.log_result(result)
         if result.must_fail_whole_batch:
             raise BatchRetryError(
-                f"{len(result.retries)} of {len(records)} records failed: {result.failure_reason}"
+                f"{len(result.retries)} of {len(result.outcomes)} records failed: {result.failure_reason}"
             )
         return result.response()
 
     def process(self, records: Sequence[KinesisRecord], deadline: Deadline | None = None) -> BatchResult:
         deadline = deadline or Deadline.none()
         started = time.perf_counter()
-        fresh, skipped = self.set_aside_written_before(records)
+        user_records = deaggregate(records)  # KPL aggregates -> their user records
+        fresh, skipped = self.set_aside_written_before(user_records)
         rides, poison = self.decode(fresh)
         decoded = time.perf_counter()
         predictions, unpredictable = self.predict(rides)
@@ -246,7 +266,8 @@ class ModelService:
     def set_aside_written_before(
         self, records: Sequence[KinesisRecord]
     ) -> tuple[list[KinesisRecord], list[RecordOutcome]]:
-        """Re-delivered records this container already wrote are done: they are not written again."""
+        """Re-delivered records this container already wrote are done: they are not written again
+        (keyed by event id: a KPL user record has its own)."""
         if len(self.memory) == 0:  # nothing written yet, or the memory is off
             return list(records), []
         fresh: list[KinesisRecord] = []
@@ -357,7 +378,12 @@ class ModelService:
             "records dead-lettered",
             extra={
                 "dead_letters": [
-                    {"sequence_number": d.record.sequence_number, "reason": d.reason} for d in letters
+                    {
+                        "sequence_number": d.record.sequence_number,
+                        "sub_sequence_number": d.record.sub_sequence_number,  # None: a plain record
+                        "reason": d.reason,
+                    }
+                    for d in letters
                 ]
             },
         )
@@ -380,6 +406,7 @@ class ModelService:
             "batch processed",
             extra={
                 "received": len(result.outcomes),
+                "kinesis_records": result.kinesis_records,
                 "predicted": result.count(Outcome.PREDICTED),
                 "dead_lettered": result.count(Outcome.DEAD_LETTERED),
                 "retryable": result.count(Outcome.RETRY),

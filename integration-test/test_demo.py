@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, free_port, nothing_listens_on
 
 
-def test_the_demo_streams_rides_and_accounts_for_every_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kpl", [[], ["--kpl", "20"]], ids=["plain", "kpl"])
+def test_the_demo_streams_rides_and_accounts_for_every_one(tmp_path: Path, kpl: list[str]) -> None:
     ports = [free_port(), free_port()]
     result = subprocess.run(
         [
@@ -28,6 +30,7 @@ def test_the_demo_streams_rides_and_accounts_for_every_one(tmp_path: Path) -> No
             str(ports[1]),
             "--log-dir",
             str(tmp_path),
+            *kpl,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -38,6 +41,8 @@ def test_the_demo_streams_rides_and_accounts_for_every_one(tmp_path: Path) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every ride accounted yes" in result.stdout
     assert "end-to-end latency   p50" in result.stdout
+    if kpl:  # 120 rides, 20 to a Kinesis record
+        assert "Kinesis records            6  (KPL aggregates of up to 20 rides" in result.stdout
     assert all(nothing_listens_on(port) for port in ports)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import pytest
 
+from local_aws.kpl import aggregate
 from local_aws.producer import put_records
 
 HERE = Path(__file__).resolve().parent
@@ -120,6 +121,39 @@ def test_every_ride_put_with_boto3_yields_one_prediction_or_one_dead_letter(stac
         assert 1 < prediction["prediction"]["ride_duration"] < 60
     reasons = sorted(d["reason"].split(":")[0] for d in letters)
     assert reasons == ["data is not JSON", "data is not UTF-8", "invalid ride event"]
+
+
+def test_kpl_aggregated_rides_mixed_with_plain_ones_yield_one_output_per_user_record(
+    stack: dict[str, Any],
+) -> None:
+    kinesis = boto3.client("kinesis")
+    users = [(str(2000 + i), ride(2000 + i, pickup=1 + i % 200)) for i in range(60)]
+    users[7] = ("poison-in-an-aggregate", b"Hello, this is a test.")
+    packed = aggregate(users, per_record=20)  # AWS's reference aggregator
+    corrupt = dict(packed[1].entry, Data=packed[1].entry["Data"][:-1] + b"\x00")  # its MD5 no longer matches
+    entries = [packed[0].entry, {"Data": ride(2100), "PartitionKey": "plain"}, corrupt, packed[2].entry]
+    result = put_records(kinesis, stack["input_stream"], entries)
+    assert result.refused == {}, f"still rejected after the retries: {result.refused}"
+    expected = []  # the event id of each user record, as outputs name it
+    for index, carries in [(0, packed[0].carries), (3, packed[2].carries)]:
+        shard_id, sequence_number = result.stored[index]
+        expected += [f"{shard_id}:{sequence_number}:{sub}" for sub in range(len(carries))]
+    expected += [":".join(result.stored[index]) for index in (1, 2)]  # a plain record, the corrupt aggregate
+
+    def outputs() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        predictions = [
+            p for p in read_all(stack["predictions_stream"]) if p["source"]["event_id"] in expected
+        ]
+        letters = [d for d in read_all(stack["dead_letter_stream"]) if d["source"]["event_id"] in expected]
+        return (predictions, letters) if len(predictions) + len(letters) >= len(expected) else None
+
+    predictions, letters = wait_for(outputs)
+    outcome = Counter(p["source"]["event_id"] for p in predictions + letters)
+    assert outcome == Counter(expected)  # each user record exactly once
+    assert len(predictions) == 19 + 20 + 1  # two aggregates of 20 (one user record poison), a plain ride
+    assert sorted(d["reason"].split(":")[0] for d in letters) == ["corrupt KPL aggregate", "data is not JSON"]
+    [poison] = [d for d in letters if d["reason"].startswith("data is not JSON")]
+    assert (poison["partition_key"], poison["source"]["sub_sequence_number"]) == ("poison-in-an-aggregate", 7)
 
 
 def test_a_ride_put_with_the_aws_cli_is_predicted(stack: dict[str, Any]) -> None:

@@ -29,7 +29,17 @@ from local_aws.stack import DEFAULT_MAPPING, LOCAL_CREDENTIALS, REGION, LocalSta
 from local_aws.terminal import own_interrupts
 from stream.settings import ConfigurationError
 
+# `--kpl` without a number: rides per aggregated record. A KPL producer packs what it buffered
+# for up to 100 ms (its RecordMaxBufferedTime default): at the demo's 250 rides/s, about 25.
+KPL_RIDES_PER_RECORD = 25
 EXAMPLE_RIDE = '{"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 256}'
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def stop_on_sigterm() -> None:
@@ -55,7 +65,9 @@ def command_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print("Local pipeline (no AWS account, no Docker):")
     with LocalStack(stack_config(args)) as stack:
-        ok = run_demo(stack, args.rides, bad_ratio=args.bad_ratio, rate=args.rate, timeout=args.timeout)
+        ok = run_demo(
+            stack, args.rides, bad_ratio=args.bad_ratio, rate=args.rate, timeout=args.timeout, kpl=args.kpl
+        )
         print(f"\nLogs: {stack.config.log_dir}/ (function.log: the function's JSON logs)")
     print(f"Stopped moto, the function and the mapping. Total {time.monotonic() - started:.1f} s.")
     return 0 if ok else 1
@@ -199,6 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--rate", type=float, default=250, help="rides put per second (default 250)")
     demo.add_argument(
         "--timeout", type=float, default=60, help="seconds to wait for the outputs after the last put"
+    )
+    demo.add_argument(
+        "--kpl",
+        type=positive_int,
+        nargs="?",
+        const=KPL_RIDES_PER_RECORD,
+        metavar="N",
+        help="put the rides as KPL-aggregated records of up to N rides each "
+        f"(default {KPL_RIDES_PER_RECORD}), built by AWS's reference aggregator",
     )
     demo.set_defaults(run=command_demo)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from local_aws.event_source_mapping import list_all_shards
+from local_aws.kpl import aggregate
 from local_aws.producer import put_records
 from local_aws.stack import LocalStack
 
@@ -53,10 +54,11 @@ def percentile(values: list[float], q: float) -> float:
 class Tally:
     """What came out, as it is read back."""
 
-    # Keyed by the input record's event id (shard and sequence number, what `source.event_id`
-    # holds): sequence numbers alone repeat across shards on moto.
+    # Keyed by the ride's event id (shard and sequence number, and its index in a KPL aggregate:
+    # what `source.event_id` holds): sequence numbers alone repeat across shards on moto.
     sent_at: dict[str, float] = field(default_factory=dict)  # event id -> put time
     ride_of: dict[str, int] = field(default_factory=dict)  # event id -> ride id
+    kinesis_records: int = 0  # Kinesis records stored: one per ride, or one per KPL aggregate
     predictions: Counter[int] = field(default_factory=Counter)
     durations: list[float] = field(default_factory=list)
     dead_letters: Counter[int] = field(default_factory=Counter)
@@ -168,27 +170,35 @@ def stream_rides(
     rate: float,
     tally: Tally,
     show: Callable[[], None],
+    kpl: int | None = None,
 ) -> None:
     """Put rides with PutRecords at about `rate` per second, remembering when each became
-    readable; entries Kinesis rejects are sent again (local_aws.producer)."""
+    readable; entries Kinesis rejects are sent again (local_aws.producer). With `kpl`, rides
+    are user records packed up to `kpl` to a Kinesis record, as the KPL does (local_aws.kpl)."""
     tick = 0.05
-    per_tick = max(1, round(rate * tick))
+    per_tick = max(1, round(rate * tick), kpl or 1)
     started = time.monotonic()
     for index in range(0, len(rides), per_tick):
         chunk = rides[index : index + per_tick]
-        result = put_records(
-            kinesis,
-            stream_name,
-            [{"Data": payload, "PartitionKey": str(ride_id)} for ride_id, payload, _ in chunk],
-        )
+        users = [(str(ride_id), payload) for ride_id, payload, _ in chunk]
+        if kpl:
+            packed = aggregate(users, kpl)
+            entries, carries = [a.entry for a in packed], [a.carries for a in packed]
+        else:
+            entries = [{"Data": payload, "PartitionKey": key} for key, payload in users]
+            carries = [[position] for position in range(len(chunk))]
+        result = put_records(kinesis, stream_name, entries)
         now = time.time()
         with tally.lock:
-            for position, (shard_id, sequence_number) in result.stored.items():
-                event_id = f"{shard_id}:{sequence_number}"
-                tally.sent_at[event_id] = now
-                tally.ride_of[event_id] = chunk[position][0]
-            for position, error in result.refused.items():
-                tally.refused[chunk[position][0]] = error
+            for entry, (shard_id, sequence_number) in result.stored.items():
+                tally.kinesis_records += 1
+                for sub, position in enumerate(carries[entry]):
+                    event_id = f"{shard_id}:{sequence_number}" + (f":{sub}" if kpl else "")
+                    tally.sent_at[event_id] = now
+                    tally.ride_of[event_id] = chunk[position][0]
+            for entry, error in result.refused.items():
+                for position in carries[entry]:
+                    tally.refused[chunk[position][0]] = error
             tally.resent += result.resent
         show()
         pause = started + (index + per_tick) / rate - time.monotonic()
@@ -197,7 +207,14 @@ def stream_rides(
 
 
 def run_demo(
-    stack: LocalStack, count: int, *, bad_ratio: float, rate: float, timeout: float, seed: int = 7
+    stack: LocalStack,
+    count: int,
+    *,
+    bad_ratio: float,
+    rate: float,
+    timeout: float,
+    seed: int = 7,
+    kpl: int | None = None,
 ) -> bool:
     rides = sample_rides(count, bad_ratio, seed)
     malformed = sum(1 for *_, valid in rides if not valid)
@@ -217,7 +234,8 @@ def run_demo(
             f" · dead letters {sum(tally.dead_letters.values()):,}"
         )
 
-    print(f"\nStreaming {count:,} rides at ~{rate:.0f}/s ({malformed} malformed on purpose) ...")
+    packing = f", KPL-aggregated up to {kpl} to a Kinesis record" if kpl else ""
+    print(f"\nStreaming {count:,} rides at ~{rate:.0f}/s ({malformed} malformed on purpose{packing}) ...")
     started = time.monotonic()
     stream_rides(
         kinesis,
@@ -226,6 +244,7 @@ def run_demo(
         rate=rate,
         tally=tally,
         show=lambda: progress.update(line()),
+        kpl=kpl,
     )
     deadline = time.monotonic() + timeout
     while tally.accounted() < count - len(tally.refused) and time.monotonic() < deadline:
@@ -235,16 +254,21 @@ def run_demo(
     for reader in readers:
         reader.stopped.set()
         reader.join()
-    return report(stack, tally, count, malformed)
+    return report(stack, tally, count, malformed, kpl=kpl)
 
 
-def report(stack: LocalStack, tally: Tally, count: int, malformed: int) -> bool:
+def report(stack: LocalStack, tally: Tally, count: int, malformed: int, kpl: int | None = None) -> bool:
     predicted, dead = set(tally.predictions), set(tally.dead_letters)
     missing = count - len(predicted | dead) - len(tally.refused)
     duplicates = sum(n - 1 for n in tally.predictions.values() if n > 1)
     stats = stack.mapping.stats if stack.mapping else None
     print("\nSummary")
     print(f"  rides in             {count:>7,}  ({count - malformed:,} valid, {malformed:,} malformed)")
+    if kpl:
+        print(
+            f"  Kinesis records      {tally.kinesis_records:>7,}  (KPL aggregates of up to {kpl} rides, "
+            "each ride a user record; aws-kinesis-agg)"
+        )
     if tally.resent:
         print(f"  resent by producer   {tally.resent:>7,}  (entries Kinesis rejected, put again)")
     if tally.refused:

@@ -15,8 +15,9 @@ What it promises, and what not:
   saw an error (a timeout after Kinesis stored the records). Consumers still de-duplicate on
   `source.event_id`.
 
-Keys are plain strings: `source.event_id` (`shardId-...:<sequenceNumber>`) today; a user
-record inside an aggregated (KPL) Kinesis record can use `<event_id>:<sub-sequence>`.
+Keys are plain strings: `source.event_id`, `shardId-...:<sequenceNumber>` for a plain record and
+`shardId-...:<sequenceNumber>:<subSequenceNumber>` for a user record of a KPL aggregate
+(stream/deaggregation.py), so an aggregate that comes back skips the user records written.
 Not thread-safe: one container runs one invocation at a time.
 """
 

@@ -123,11 +123,16 @@ class KinesisRecord:
 
     raw: dict[str, Any]
     sequence_number: str  # position in its shard; what ReportBatchItemFailures names
-    partition_key: str  # the producer's partition key
-    data: str  # the producer's bytes, base64-encoded by Lambda
-    event_id: str  # `shardId-...:<sequenceNumber>`: unique per record, the de-duplication key
+    partition_key: str  # the producer's partition key (a KPL user record's: from its aggregate's table)
+    data: str  # the producer's bytes, base64-encoded (by Lambda; a KPL user record's, by deaggregation)
+    # `shardId-...:<sequenceNumber>`, and `:<subSequenceNumber>` after it for a KPL user record:
+    # unique per user record, the de-duplication key
+    event_id: str
     event_source_arn: str  # ARN of the input stream
-    malformed: str | None = None  # which field Lambda's record lacks, if any
+    malformed: str | None = (
+        None  # why it cannot be decoded: a field Lambda's record lacks, a corrupt KPL aggregate
+    )
+    sub_sequence_number: int | None = None  # a KPL user record's index in its aggregate; None: a plain record
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> KinesisRecord:
@@ -168,13 +173,17 @@ class KinesisRecord:
         return float(value) if isinstance(value, int | float) else None
 
     def source(self) -> dict[str, Any]:
-        """Where a record came from: enough to de-duplicate, trace and re-read it."""
-        return {
+        """Where a record came from: enough to de-duplicate, trace and re-read it (a KPL user
+        record adds its index in the aggregate; a plain record's source is unchanged)."""
+        source: dict[str, Any] = {
             "event_id": self.event_id,
             "sequence_number": self.sequence_number,
             "shard_id": self.shard_id,
             "event_source_arn": self.event_source_arn,
         }
+        if self.sub_sequence_number is not None:
+            source["sub_sequence_number"] = self.sub_sequence_number
+        return source
 
 
 def decode_ride_event(record: KinesisRecord, event_type: type[RideEvent] = RideEvent) -> RideEvent:
