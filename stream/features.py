@@ -200,7 +200,7 @@ _ZONE_KEY_LIMIT = 1 << 31
 
 
 # A dense table [pick-up, drop-off] -> column for zone ids this small (TLC's 265: 70,756 cells):
-# 1,000,000 rides looked up in 8 ms, against 85 ms by binary search (measured here).
+# 1,000,000 rides looked up in ~17 ms, against ~100 ms by binary search (profiled here).
 DENSE_PAIR_TABLE_CELLS = 1 << 22
 
 
