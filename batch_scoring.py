@@ -3,11 +3,12 @@
     MODEL_URI=model python -m batch_scoring green_tripdata_2021-01.parquet predictions.parquet
     python -m batch_scoring s3://bucket/trips.parquet s3://bucket/predictions.parquet   # or: make score
 
-Reads and writes in chunks (`--chunk-rows`), with ONE model call per chunk through
-`model_service.predict_durations` and the same `ride_events.Ride` validation as the stream and
-the web service, so a trip gets the same prediction whichever way it is asked for. Memory
-holds one chunk and one parquet row group of the input, however many row groups the input
-has (see READ_BUFFER_BYTES).
+Reads and writes in chunks (`--chunk-rows`), with ONE model call per chunk, its input built
+as chosen at load (`stream/features.py`, as for the stream and the web service), and the rules
+of `ride_events.Ride` applied by column (`batch_validation.py`), so a trip gets the same
+prediction, or the same reason for none, whichever way it is asked for. Memory holds one chunk
+and one parquet row group of the input, however many row groups the input has (see
+READ_BUFFER_BYTES). As a library: `score(model, input_uri, output_uri)`.
 
 Output, one row per input row, in input order:
   ride_id               the row's position in the input (0-based): TLC files carry no trip id
@@ -325,7 +326,6 @@ def score(
     into `output_uri`; `on_chunk(rows)` after each chunk is written. ScoringError for bad input
     or output. The output appears (or replaces an older one) only once every row is written."""
     if isinstance(source, str):
-        refuse_same_file(source, output_uri)
         trips = open_trips(source)
         with trips.file:
             return score(model, trips, output_uri, chunk_rows, on_chunk, bounds=bounds)

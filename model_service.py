@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 def predict_durations(model: LoadedModel, rides: Sequence[Ride]) -> list[float]:
     """Minutes per ride, in ONE model call, the input shaped as the model declared at load
-    (stream/features.py). Shared by the stream, web and batch modes."""
+    (stream/features.py). Shared by the stream and web modes; batch scoring calls the same
+    LoadedModel.predict_minutes with its valid rows by column."""
     return model.predict_rides(RideColumns.from_rides(rides))
 
 
