@@ -25,11 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pyarrow as pa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from model_service import aws_client_config
+from model_service import aws_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -131,7 +130,7 @@ def replaced_on_success(uri: str) -> Iterator[Any]:
     if uri.startswith("s3://"):
         bucket, key = s3_location(uri)
         # boto3's own endpoint variables (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) apply.
-        upload = S3Upload(boto3.client("s3", config=aws_client_config()), bucket, key)
+        upload = S3Upload(aws_client("s3"), bucket, key)
         try:
             yield upload
             upload.complete()

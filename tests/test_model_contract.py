@@ -74,7 +74,10 @@ def test_the_course_model_gets_feature_dicts_with_its_signature_names(
     model_dir: Path, tmp_path: Path
 ) -> None:
     loaded = load_model(str(model_dir), tmp_path)
-    assert loaded.features.describe() == "feature dicts of ['PU_DO', 'trip_distance'] (from the signature)"
+    assert loaded.features.describe() == (
+        "feature dicts of ['PU_DO', 'trip_distance'] (from the signature; built by column from the "
+        "DictVectorizer's vocabulary)"
+    )
     assert loaded.features.warning is None
     assert loaded.features.builder.build(RideColumns.from_rides([RIDE])) == [
         {"PU_DO": "130_205", "trip_distance": 3.66}
@@ -179,7 +182,8 @@ def test_a_model_without_signature_gets_the_course_features_and_a_warning(
 
     loaded = load_model(str(path), tmp_path / "cache")
     assert (
-        loaded.features.describe() == "feature dicts of ['PU_DO', 'trip_distance'] (from the course default)"
+        loaded.features.describe() == "feature dicts of ['PU_DO', 'trip_distance'] (from the course "
+        "default; built by column from the DictVectorizer's vocabulary)"
     )
     assert loaded.features.warning == expected_warning
     assert predict_durations(loaded, [RIDE]) == predict_durations(
