@@ -338,6 +338,11 @@ class LocalStack:
         )
         self.say(f"  mapping    {self.config.input_stream} -> function: {settings}")
 
+    def function_log(self) -> Path | None:
+        """The function's log (its stdout: JSON logs and metrics), if this stack runs the function."""
+        path = self.config.log_dir / "function.log"
+        return path if self.function is not None and path.is_file() else None
+
     def watched_model(self) -> str | None:
         """The model directory whose changes restart the function, if one is watched."""
         return self.relative(self.model_dir) if self.watcher is not None and self.model_dir else None
