@@ -271,8 +271,11 @@ class LocalStack:
             self.say(f"  function   {self.lambda_endpoint} (already running)")
             return
         started = time.monotonic()
+        environment = self.function_environment()
         function = FunctionConfig(
-            function_name=self.config.function_name, environment=self.function_environment()
+            function_name=self.config.function_name,
+            environment=environment,
+            tracing=environment.get("TRACING_ENABLED") == "true",  # as the stack's Tracing=Active
         )
         if self.config.function_timeout_s is not None:
             function = dataclasses.replace(function, timeout_s=self.config.function_timeout_s)
