@@ -326,7 +326,7 @@ def report(
     )
     print(
         f"  PutRecords           {total('PutRecordsCalls'):>7,.0f}  calls "
-        f"({total('PutRecordsRejectedEntries'):,.0f} entries rejected by Kinesis and resent)"
+        f"({total('PutRecordsRejectedEntries'):,.0f} entries rejected by Kinesis)"
     )
     print(
         f"  batch latency        {milliseconds(metrics, 'BatchLatency')}  "

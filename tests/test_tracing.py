@@ -36,7 +36,7 @@ def test_tracing_is_off_unless_asked_for() -> None:
 
 
 def test_off_the_function_never_imports_the_xray_sdk(model_dir: Path, tmp_path: Path) -> None:
-    """Importing it costs 0.2-0.4 s of cold start (docs/benchmarks.md); a fresh process, as Lambda's."""
+    """Importing it adds ~20 ms to a cold start (docs/benchmarks.md); a fresh process, as Lambda's."""
     check = (
         "import sys, lambda_function; print(sorted(m for m in sys.modules if m.startswith('aws_xray_sdk')))"
     )
