@@ -98,7 +98,7 @@ def cost_results(handler_100: float = 100.0, write_100: float = 40.0) -> dict[st
 
 def test_lambda_cost_scales_the_cpu_part_below_one_vcpu_and_bills_whole_milliseconds() -> None:
     row = cost_results()["throughput"][0]
-    # 60 ms of CPU at 1,024 MB (1,769 MB is one vCPU) + 40 ms of writing: 143.6 ms, billed 144.
+    # 60 ms of CPU at 1,024 MB (1,769 MB is one vCPU) + 40 ms of writing: 143.7 ms, billed 144.
     assert cost.batch_ms(row, 1024) == pytest.approx(60 * 1769 / 1024 + 40)
     assert cost.batch_ms(row, 1769) == cost.batch_ms(row, 3008) == 100
     invocations, gb_seconds = 10_000, 10_000 * 0.144 * 1.0
@@ -132,8 +132,9 @@ def test_a_batch_too_slow_for_its_shard_needs_a_parallelization_factor_and_over_
 def test_the_cost_section_needs_batches_of_100_and_500_and_the_record_sizes() -> None:
     results = cost_results()
     section = cost.cost_markdown(results)
-    assert "| 1,024 MB | 100 | 143.6 ms |" in section
-    assert "| 100,000 | 100 | 100 | 1 | 100 |" in section  # shards in, out; factor; concurrency
+    assert "| 1,024 MB | 100 | 143.7 ms |" in section
+    # shards in and out; 696 records/s per batch in flight, so a factor of 2; concurrency
+    assert "| 100,000 | 100 | 100 | 2 | 200 |" in section
     assert "(unconfirmed: one public reference)" in section
     assert cost.cost_markdown({**results, "record_sizes": None}) == ""
     assert cost.cost_markdown({**results, "throughput": results["throughput"][:1]}) == ""
