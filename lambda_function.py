@@ -24,6 +24,7 @@ register_restore_hooks(service)  # SnapStart (zip): renewed in each restored cop
 gc.freeze()
 
 
+@service.tracing.capture_handler  # X-Ray, when TRACING_ENABLED=true (stream/tracing.py)
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if is_self_test_event(event):

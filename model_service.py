@@ -25,7 +25,8 @@ from stream import restore_hooks
 from stream.deadline import BoundedClients, Deadline
 from stream.deaggregation import deaggregate
 from stream.features import RideColumns
-from stream.kinesis_output import FailedWrite, KinesisStreamWriter, to_output_record
+from stream.kinesis_output import FailedWrite, KinesisStreamWriter, WriteResult, to_output_record
+from stream.metrics import BatchFigures, InvocationMetrics
 from stream.model_loading import LoadedModel, load_model
 from stream.redelivery import RedeliveryMemory
 from stream.ride_events import (
@@ -41,6 +42,7 @@ from stream.ride_events import (
     ride_types,
 )
 from stream.settings import Settings
+from stream.tracing import NoTracing, StepTracer, traced_step, tracer_for
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -51,6 +53,11 @@ def predict_durations(model: LoadedModel, rides: Sequence[Ride]) -> list[float]:
     (stream/features.py). Shared by the stream and web modes; batch scoring calls the same
     LoadedModel.predict_minutes with its valid rows by column."""
     return model.predict_rides(RideColumns.from_rides(rides))
+
+
+def mean_duration(predictions: Sequence[tuple[KinesisRecord, PredictionEvent]]) -> float | None:
+    """Minutes, over the batch's predictions: the cheapest drift signal (a metric per batch)."""
+    return math.fsum(p.ride_duration for _, p in predictions) / len(predictions) if predictions else None
 
 
 class Outcome(Enum):
@@ -99,6 +106,8 @@ class BatchResult:
     outcomes: list[RecordOutcome]
     timings_ms: dict[str, float] = field(default_factory=dict)
     put_records_calls: int = 0
+    put_records_rejected: int = 0
+    predicted_duration_mean: float | None = None  # minutes, over the batch's predictions
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for o in self.outcomes if o.outcome is outcome)
@@ -148,6 +157,21 @@ class BatchResult:
     def response(self) -> dict[str, list[dict[str, str]]]:
         """ReportBatchItemFailures: Lambda re-delivers from the lowest sequence number named."""
         return {"batchItemFailures": [{"itemIdentifier": number} for number in self.kinesis_records_to_retry]}
+
+    def figures(self) -> BatchFigures:
+        """The batch as its metrics count it (stream/metrics.py)."""
+        return BatchFigures(
+            received=len(self.outcomes),
+            predicted=self.count(Outcome.PREDICTED),
+            dead_lettered=self.count(Outcome.DEAD_LETTERED),
+            retried=len(self.response()["batchItemFailures"]),
+            skipped_as_duplicate=self.skipped_as_duplicate,
+            put_records_calls=self.put_records_calls,
+            put_records_rejected=self.put_records_rejected,
+            batch_ms=self.timings_ms.get("total_ms", 0.0),
+            predict_ms=self.timings_ms.get("predict_ms", 0.0),
+            predicted_duration_mean=self.predicted_duration_mean,
+        )
 
 
 class NotAKinesisEventError(TypeError):
@@ -220,6 +244,8 @@ class ModelService:
         *,
         memory: RedeliveryMemory | None = None,
         safety_margin_s: float = 1.0,
+        metrics: InvocationMetrics | None = None,
+        tracing: StepTracer | None = None,
     ) -> None:
         self.model = model
         self.predictions = predictions
@@ -228,16 +254,22 @@ class ModelService:
         self.ride_event_type = ride_event_type  # ride_types(settings.ride_bounds).event: the bounds
         self.memory = RedeliveryMemory() if memory is None else memory
         self.safety_margin_s = safety_margin_s
+        self.metrics = metrics or InvocationMetrics(model_version=model.info.version, log=log)
+        self.tracing = tracing or NoTracing()
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-        """The Lambda handler's work: process, log, answer (or raise for a whole-batch retry)."""
-        records = [KinesisRecord.from_raw(raw) for raw in kinesis_event_records(event)]
-        result = self.process(records, Deadline.from_context(context, self.safety_margin_s))
-        self.log_result(result)
-        if result.must_fail_whole_batch:
-            raise BatchRetryError(
-                f"{len(result.retries)} of {len(result.outcomes)} records failed: {result.failure_reason}"
-            )
+        """The Lambda handler's work: process, log, answer (or raise for a whole-batch retry);
+        one metrics document either way."""
+        with self.metrics.invocation() as invocation:
+            records = [KinesisRecord.from_raw(raw) for raw in kinesis_event_records(event)]
+            invocation.kinesis_records = len(records)
+            result = self.process(records, Deadline.from_context(context, self.safety_margin_s))
+            invocation.figures = result.figures()
+            self.log_result(result)
+            if result.must_fail_whole_batch:
+                raise BatchRetryError(
+                    f"{len(result.retries)} of {len(result.outcomes)} records failed: {result.failure_reason}"
+                )
         return result.response()
 
     def process(self, records: Sequence[KinesisRecord], deadline: Deadline | None = None) -> BatchResult:
@@ -249,13 +281,15 @@ class ModelService:
         decoded = time.perf_counter()
         predictions, unpredictable = self.predict(rides)
         predicted = time.perf_counter()
-        outcomes, calls, refused = self.write_predictions(predictions, deadline)
+        outcomes, writes, refused = self.write_predictions(predictions, deadline)
         outcomes += self.dead_letter(poison + unpredictable + refused, deadline)
         self.remember_written(outcomes)
         written = time.perf_counter()
         return BatchResult(
             outcomes=skipped + outcomes,
-            put_records_calls=calls,
+            put_records_calls=writes.calls,
+            put_records_rejected=writes.rejected,
+            predicted_duration_mean=mean_duration(predictions),
             timings_ms={
                 "decode_ms": (decoded - started) * 1000,
                 "predict_ms": (predicted - decoded) * 1000,
@@ -284,6 +318,7 @@ class ModelService:
         for outcome in (Outcome.PREDICTED, Outcome.DEAD_LETTERED):
             self.memory.remember((o.record.event_id for o in outcomes if o.outcome is outcome), outcome.value)
 
+    @traced_step("decode")
     def decode(
         self, records: Sequence[KinesisRecord]
     ) -> tuple[list[tuple[KinesisRecord, RideEvent]], list[DeadLetter]]:
@@ -297,6 +332,7 @@ class ModelService:
                 poison.append(DeadLetter(record, str(error)))
         return rides, poison
 
+    @traced_step("predict")
     def predict(
         self, rides: list[tuple[KinesisRecord, RideEvent]]
     ) -> tuple[list[tuple[KinesisRecord, PredictionEvent]], list[DeadLetter]]:
@@ -352,13 +388,14 @@ class ModelService:
                 results.append(f"model failed on this ride: {type(error).__name__}: {error}")
         return results
 
+    @traced_step("write")
     def write_predictions(
         self, predictions: list[tuple[KinesisRecord, PredictionEvent]], deadline: Deadline
-    ) -> tuple[list[RecordOutcome], int, list[DeadLetter]]:
+    ) -> tuple[list[RecordOutcome], WriteResult, list[DeadLetter]]:
         """PutRecords to the output stream; entries still rejected after retries are retried by
         Lambda; a prediction Kinesis could never take comes back as a dead letter."""
         if not predictions:
-            return [], 0, []
+            return [], WriteResult(), []
         result = self.predictions.put(
             [to_output_record(event, record) for record, event in predictions], deadline
         )
@@ -369,8 +406,9 @@ class ModelService:
         refused = [
             DeadLetter(f.record.source, f"prediction cannot be written: {f.error}") for f in result.refused
         ]
-        return outcomes, result.calls, refused
+        return outcomes, result, refused
 
+    @traced_step("dead_letter")
     def dead_letter(self, letters: list[DeadLetter], deadline: Deadline) -> list[RecordOutcome]:
         """Poison records are set aside, never retried; if that fails, Lambda retries them."""
         if not letters:
@@ -414,6 +452,7 @@ class ModelService:
                 "skipped_as_duplicate": result.skipped_as_duplicate,
                 "model_version": self.model.info.version,
                 "put_records_calls": result.put_records_calls,
+                "put_records_rejected": result.put_records_rejected,
                 **{name: round(value, 3) for name, value in result.timings_ms.items()},
             },
         )
@@ -468,7 +507,9 @@ def load_configured_model(settings: Settings) -> LoadedModel:
 
 
 def build_service(settings: Settings, log: Log) -> ModelService:
-    """Production wiring: the model, a Kinesis client, the output and dead-letter sinks."""
+    """Production wiring: the model, a Kinesis client, the output and dead-letter sinks, metrics
+    and (if asked for) tracing."""
+    tracing = tracer_for(settings.tracing, settings.service_name)  # patches botocore: first
     model = load_configured_model(settings)
     kinesis = BoundedClients(
         lambda config: aws_client("kinesis", config, endpoint_url=settings.kinesis_endpoint_url)
@@ -505,6 +546,8 @@ def build_service(settings: Settings, log: Log) -> ModelService:
         ride_types(settings.ride_bounds).event,
         memory=RedeliveryMemory(settings.redelivery_memory_size),
         safety_margin_s=settings.deadline_safety_margin_s,
+        metrics=InvocationMetrics(settings.metrics_namespace, settings.service_name, model.info.version, log),
+        tracing=tracing,
     )
 
 

@@ -3,6 +3,7 @@
     python -m benchmarks.children cold-ours     # import lambda_function (init) + first batch
     python -m benchmarks.children cold-pyfunc   # mlflow.pyfunc.load_model + the same first batch
     python -m benchmarks.children memory        # warm container: batches of 1,000, peak RSS
+    python -m benchmarks.children observability # what metrics and tracing add to the imports
 
 Deliberately imports nothing at module level beyond the standard library: the imports are
 part of what is measured. Prints one JSON line (prefixed RESULT) with wall-clock timestamps;
@@ -146,9 +147,31 @@ def memory(batches: int = 20, size: int = 1000) -> dict:
     }
 
 
+def observability() -> dict:
+    """After what the function imported before it had metrics (boto3, Powertools' Logger): the
+    metrics module, then tracing's setup (the X-Ray SDK, botocore patched; LAMBDA_TASK_ROOT set)."""
+    import boto3  # noqa: F401, PLC0415
+    from aws_lambda_powertools import Logger  # noqa: F401, PLC0415
+
+    started = time.perf_counter()
+    import stream.metrics  # noqa: F401, PLC0415
+
+    metrics = time.perf_counter()
+    from stream.tracing import XRayTracing  # noqa: PLC0415
+
+    XRayTracing("bench")
+    return {"metrics_import_s": metrics - started, "tracing_setup_s": time.perf_counter() - metrics}
+
+
 def main() -> None:
     kind = sys.argv[1]
-    result = {"cold-ours": cold_ours, "cold-pyfunc": cold_pyfunc, "memory": memory}[kind]()
+    kinds = {
+        "cold-ours": cold_ours,
+        "cold-pyfunc": cold_pyfunc,
+        "memory": memory,
+        "observability": observability,
+    }
+    result = kinds[kind]()
     print("RESULT " + json.dumps({"started": STARTED, **result}), flush=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import io
 import itertools
@@ -29,6 +30,7 @@ from typing import Any
 import boto3
 
 from benchmarks import batch as batch_part
+from benchmarks import cost, observability
 from benchmarks.children import Context, event
 from local_aws.moto_stack import MotoServer, free_port, upload_model
 from stream.features import ride_features
@@ -109,6 +111,7 @@ class Bench:
         service = lambda_function.service
         model = service.model
         kinesis = self.client("kinesis")
+        metrics_sink = io.StringIO()
         rows = []
         offsets = itertools.count(0, 10_000)
         for size in sizes:
@@ -116,9 +119,11 @@ class Bench:
 
             def handler(size: int = size) -> float:
                 # New records every time (the same ones again would be a re-delivery, skipped);
-                # the same rides, so the bytes written match the floor's.
+                # the same rides, so the bytes written match the floor's. The metrics document
+                # each call prints (stdout, as in Lambda) goes to a buffer, not to the terminal.
                 fresh = event(size, sequence_offset=next(offsets))
-                return timed(lambda: lambda_function.lambda_handler(fresh, Context()))
+                with contextlib.redirect_stdout(metrics_sink):
+                    return timed(lambda: lambda_function.lambda_handler(fresh, Context()))
 
             designs: dict[str, Callable[[], float]] = {
                 "handler": handler,
@@ -162,16 +167,21 @@ class Bench:
                 + (f" · per-record {row['per_record_ms']:9.1f} ms" if "per_record_ms" in row else "")
             )
         self.results["throughput"] = rows
+        self.results["record_sizes"] = cost.record_sizes(model.info)
+        self.results["observability"] = observability.per_invocation_cost_us()
 
     # -- cold start, memory, size -------------------------------------------------------------
 
-    def child(self, python: Path, kind: str) -> tuple[float, dict[str, Any]]:
+    def child(
+        self, python: Path, kind: str, extra_env: dict[str, str] | None = None
+    ) -> tuple[float, dict[str, Any]]:
         self.reset(with_model=True)
         env = {
             **os.environ,
             **self.env,
             "PYTHONPATH": str(ROOT),
             "MODEL_CACHE_DIR": str(VENVS / "cache" / kind),
+            **(extra_env or {}),
         }
         subprocess.run(["rm", "-rf", env["MODEL_CACHE_DIR"]], check=True)
         spawned = time.time()
@@ -213,6 +223,11 @@ class Bench:
             )
             spawned, r = self.child(dev_python, "cold-ours")
             ours_rows[-1]["total_dev_env_s"] = r["answered"] - spawned
+            spawned, r = self.child(runtime_python, "cold-ours", observability.TRACING_ENV)
+            ours_rows[-1]["total_tracing_s"] = r["answered"] - spawned
+            ours_rows[-1]["imports_tracing_s"] = (
+                r["initialised"] - r["started"] - r["fetch_s"] - r["deserialise_s"] - r["checks_s"]
+            )
             spawned, r = self.child(dev_python, "cold-pyfunc")
             pyfunc_rows.append(
                 {
@@ -226,6 +241,11 @@ class Bench:
             say(
                 f"  run {run + 1}/{runs}: ours {ours_rows[-1]['total_s']:.2f} s · pyfunc {pyfunc_rows[-1]['total_s']:.2f} s"
             )
+        setups = [
+            self.child(runtime_python, "observability", {"LAMBDA_TASK_ROOT": str(ROOT)})[1]
+            for _ in range(runs)
+        ]
+        self.results.setdefault("observability", {}).update(median_of(setups))
         ours, pyfunc = median_of(ours_rows), median_of(pyfunc_rows)
         self.results["cold_start"] = {
             "ours": ours,
@@ -434,9 +454,15 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|",
             f"| this function (runtime dependencies only) | {o['total_s']:.2f} | {o['interpreter_s']:.2f} | {o['imports_s']:.2f} | {o['download_s']:.2f} | {o['deserialise_s']:.2f} | {o['checks_s']:.3f} | {o['first_batch_s']:.2f} |",
             f"| same code, dev environment (pandas and full mlflow installed) | {o['total_dev_env_s']:.2f} | | | | | | |",
+            *([f"| this function with tracing on (X-Ray SDK imported, botocore patched) | {o['total_tracing_s']:.2f} | | {o['imports_tracing_s']:.2f} | | | | |"] if "total_tracing_s" in o else []),
             f"| `mlflow.pyfunc.load_model` path | {p['total_s']:.2f} | {p['interpreter_s']:.2f} | {p['imports_s']:.2f} | {p['load_model_s']:.2f} (download + deserialise) | | | {p['first_batch_s']:.2f} |",
             "",
         ]  # fmt: skip
+    if obs := results.get("observability"):
+        handler_100 = next(
+            (r["handler_ms"] for r in results.get("throughput", []) if r["batch"] == 100), None
+        )
+        lines += [line, ""] if (line := observability.summary_line(obs, handler_100)) else []
     if memory := results.get("memory"):
         lines += [f"Peak RSS of a warm container after {memory['batches']} batches of {memory['batch_size']:,}: "
                   f"**{memory['peak_rss_mb']:.0f} MB** (after init: {memory['rss_after_init_mb']:.0f} MB).", ""]  # fmt: skip
@@ -519,7 +545,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def write_results(results: dict[str, Any], out: Path, *, quote: bool) -> None:
+def write_results(results: dict[str, Any], out: Path, *, quote: bool, quote_costs: bool = False) -> None:
     """results.json, results.md, throughput.png; and, for a full default run, the table in docs/benchmarks.md."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -531,8 +557,19 @@ def write_results(results: dict[str, Any], out: Path, *, quote: bool) -> None:
     if quote:
         quote_in_results_page(table)
         written += ", and the table in docs/benchmarks.md"
+    if (costs := cost.cost_markdown(results)) and quote_costs:
+        cost.quote(costs)
+        written += ", and its cost table"
+    if costs:
+        (out / "cost.md").write_text(costs)
+        say("\n" + costs)
     say("\n" + table)
     say(f"written: {written}")
+
+
+def command_line(argv: list[str]) -> str:
+    """How the results were made, as a user would type it."""
+    return "make bench" + (f' ARGS="{" ".join(argv)}"' if argv else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -570,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(moto, model_dir, args.repeat)
     bench.results.update(
         date=time.strftime("%Y-%m-%d"), machine=f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
-        command="make bench", model_flavor=load_model(str(model_dir), VENVS / "cache" / "flavor").flavor,
+        command=command_line(sys.argv[1:] if argv is None else argv), model_flavor=load_model(str(model_dir), VENVS / "cache" / "flavor").flavor,
     )  # fmt: skip
     try:
         if parts & {"cold", "memory", "size"}:
@@ -602,9 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         moto.stop()
 
-    write_results(
-        bench.results, args.out, quote=args.out == RESULTS and parts == set(PARTS) and args.sizes == SIZES
-    )
+    full = args.out == RESULTS and parts == set(PARTS) and args.sizes == SIZES
+    write_results(bench.results, args.out, quote=full, quote_costs=full)
     return 0
 
 

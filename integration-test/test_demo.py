@@ -43,7 +43,18 @@ def test_the_demo_streams_rides_and_accounts_for_every_one(tmp_path: Path, kpl: 
     assert "end-to-end latency   p50" in result.stdout
     if kpl:  # 120 rides, 20 to a Kinesis record
         assert "Kinesis records            6  (KPL aggregates of up to 20 rides" in result.stdout
+    # The summary is the function's own metrics, and they agree with what the streams hold.
+    assert "Summary: the function's metrics, as CloudWatch would show them" in result.stdout
+    assert "dead letters read back: as the metrics say" in result.stdout
     assert all(nothing_listens_on(port) for port in ports)
+    metrics = subprocess.run(
+        [sys.executable, "-m", "local_aws", "metrics", str(tmp_path / "function.log")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert metrics.returncode == 0, metrics.stdout + metrics.stderr
+    assert "all valid" in metrics.stdout
+    [received] = [line.split() for line in metrics.stdout.splitlines() if line.startswith("RecordsReceived ")]
+    assert received[2] == "120"  # every ride, once: no retries in a run without faults
 
 
 def test_a_busy_port_is_named_with_the_option_to_change_it(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""`python -m local_aws demo | up | tail`: the pipeline on this machine, no AWS account, no Docker."""
+"""`python -m local_aws demo | up | tail | metrics`: the pipeline on this machine, no AWS account,
+no Docker."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from botocore.exceptions import (
 )
 
 from local_aws.demo import StreamReader, run_demo
+from local_aws.metrics import read_log, table
 from local_aws.model_source import configured_model_uri
 from local_aws.moto_stack import DEFAULT_PORT, PortInUseError
 from local_aws.stack import DEFAULT_MAPPING, LOCAL_CREDENTIALS, REGION, LocalStack, StackConfig, StackError
@@ -68,7 +70,11 @@ def command_demo(args: argparse.Namespace) -> int:
         ok = run_demo(
             stack, args.rides, bad_ratio=args.bad_ratio, rate=args.rate, timeout=args.timeout, kpl=args.kpl
         )
-        print(f"\nLogs: {stack.config.log_dir}/ (function.log: the function's JSON logs)")
+        log = stack.relative(stack.config.log_dir / "function.log")
+        print(
+            f"\nLogs: {stack.config.log_dir}/ (function.log: the function's JSON logs and metrics; "
+            f"python -m local_aws metrics {log}: the metrics as a table)"
+        )
     print(f"Stopped moto, the function and the mapping. Total {time.monotonic() - started:.1f} s.")
     return 0 if ok else 1
 
@@ -169,6 +175,18 @@ def command_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_metrics(args: argparse.Namespace) -> int:
+    """The metric sums of a function log; exit 1 if a document is not valid EMF."""
+    path: Path = args.log
+    if not path.is_file():
+        return fail(f"no function log at {path}: run `make demo` (or make up), or name a log")
+    summary = read_log(path)
+    print(table(summary, LocalStack.relative(path)), end="")
+    if not summary.documents:
+        print("(no metrics: is this the function's log, from this version of the function?)")
+    return 1 if summary.invalid else 0
+
+
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -238,6 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         help=f"Kinesis endpoint (default: AWS_ENDPOINT_URL_KINESIS, AWS_ENDPOINT_URL, else http://127.0.0.1:{DEFAULT_PORT})",
     )
     tail.set_defaults(run=command_tail)
+
+    metrics = commands.add_parser(
+        "metrics", help="the metric sums of a function log (its EMF documents, as CloudWatch would see them)"
+    )
+    metrics.add_argument(
+        "log", nargs="?", type=Path, default=StackConfig.log_dir / "function.log",
+        help="the function's log (default: .local-aws/function.log, what make demo and make up write)",
+    )  # fmt: skip
+    metrics.set_defaults(run=command_metrics)
 
     args = parser.parse_args(argv)
     stop_on_sigterm()

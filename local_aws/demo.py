@@ -1,4 +1,9 @@
-"""The main job: stream sample rides through the local pipeline and report what came out."""
+"""The main job: stream sample rides through the local pipeline and report what came out.
+
+The summary's figures are the function's own metrics, read back from its log (the EMF documents
+CloudWatch would turn into metrics: local_aws/metrics.py), checked against what the output
+streams hold.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from local_aws.event_source_mapping import list_all_shards
 from local_aws.kpl import aggregate
+from local_aws.metrics import MetricSummary, read_log
 from local_aws.producer import put_records
 from local_aws.stack import LocalStack
 
@@ -236,6 +243,8 @@ def run_demo(
 
     packing = f", KPL-aggregated up to {kpl} to a Kinesis record" if kpl else ""
     print(f"\nStreaming {count:,} rides at ~{rate:.0f}/s ({malformed} malformed on purpose{packing}) ...")
+    log = stack.function_log()
+    offset = log.stat().st_size if log else 0  # the log is appended to, run after run
     started = time.monotonic()
     stream_rides(
         kinesis,
@@ -254,48 +263,155 @@ def run_demo(
     for reader in readers:
         reader.stopped.set()
         reader.join()
-    return report(stack, tally, count, malformed, kpl=kpl)
+    metrics = function_metrics(log, offset, tally) if log else None
+    return report(stack, Run(tally, count, malformed, kpl), metrics, log)
 
 
-def report(stack: LocalStack, tally: Tally, count: int, malformed: int, kpl: int | None = None) -> bool:
-    predicted, dead = set(tally.predictions), set(tally.dead_letters)
-    missing = count - len(predicted | dead) - len(tally.refused)
-    duplicates = sum(n - 1 for n in tally.predictions.values() if n > 1)
+def function_metrics(log: Path, offset: int, tally: Tally, timeout: float = 5.0) -> MetricSummary:
+    """The function's metrics for this run. An invocation writes its document after its records,
+    so the last one may trail what the readers saw by a few milliseconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = read_log(log, offset)
+        written = metrics.sum("RecordsPredicted") + metrics.sum("RecordsDeadLettered")
+        seen = sum(tally.predictions.values()) + sum(tally.dead_letters.values())
+        if written >= seen or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.05)
+
+
+def milliseconds(metrics: MetricSummary, name: str) -> str:
+    p50, p99 = metrics.percentile(name, 50), metrics.percentile(name, 99)
+    return f"p50 {p50:.0f} ms · p99 {p99:.0f} ms" if p50 is not None and p99 is not None else "—"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the demo put on the input stream, and what it read back."""
+
+    tally: Tally
+    count: int
+    malformed: int
+    kpl: int | None = None  # rides per KPL aggregate, when the demo aggregates
+
+    @property
+    def predicted(self) -> set[int]:
+        return set(self.tally.predictions)
+
+    @property
+    def dead(self) -> set[int]:
+        return set(self.tally.dead_letters)
+
+    @property
+    def missing(self) -> int:
+        return self.count - len(self.predicted | self.dead) - len(self.tally.refused)
+
+
+def report(
+    stack: LocalStack, run: Run, metrics: MetricSummary | None = None, log: Path | None = None
+) -> bool:
+    """The summary: from the function's metrics when its log is local, else from the streams."""
+    tally = run.tally
     stats = stack.mapping.stats if stack.mapping else None
-    print("\nSummary")
-    print(f"  rides in             {count:>7,}  ({count - malformed:,} valid, {malformed:,} malformed)")
-    if kpl:
+    if metrics is None or not metrics.documents:
+        print("\nSummary (read back from the output streams: the function's log is not local)")
+        report_inputs(run)
+        mean = sum(tally.durations) / len(tally.durations) if tally.durations else float("nan")
+        print(f"  predictions out      {len(run.predicted):>7,}  (mean predicted duration {mean:.1f} min)")
+        print(f"  dead letters         {len(run.dead):>7,}  ({reasons(tally)})")
+        report_mapping(stats, "function")
+        report_latency(tally)
+        return report_accounted(run, [])
+    print(
+        f"\nSummary: the function's metrics, as CloudWatch would show them ({stack.relative(log or Path())})"
+    )
+    report_inputs(run)
+    total = metrics.sum
+    cold = total("ColdStart")
+    print(
+        f"  received             {total('RecordsReceived'):>7,.0f}  RecordsReceived, in {metrics.documents:,} "
+        f"invocations ({cold:,.0f} cold start{'' if cold == 1 else 's'})"
+    )
+    minutes = metrics.average("PredictedDurationMean")
+    print(
+        f"  predicted            {total('RecordsPredicted'):>7,.0f}  RecordsPredicted"
+        + (f" (PredictedDurationMean {minutes:.1f} min)" if minutes is not None else "")
+    )
+    print(
+        f"  dead-lettered        {total('RecordsDeadLettered'):>7,.0f}  RecordsDeadLettered ({reasons(tally)})"
+    )
+    print(
+        f"  retried              {total('RecordsRetried'):>7,.0f}  RecordsRetried "
+        f"({total('RecordsSkippedAsDuplicate'):,.0f} re-deliveries skipped as written before)"
+    )
+    print(
+        f"  PutRecords           {total('PutRecordsCalls'):>7,.0f}  calls "
+        f"({total('PutRecordsRejectedEntries'):,.0f} entries rejected by Kinesis)"
+    )
+    print(
+        f"  batch latency        {milliseconds(metrics, 'BatchLatency')}  "
+        f"(predict {milliseconds(metrics, 'PredictLatency')})"
+    )
+    report_mapping(stats, "mapping")
+    report_latency(tally)
+    on_streams = (sum(tally.predictions.values()), sum(tally.dead_letters.values()))
+    agree = on_streams == (total("RecordsPredicted"), total("RecordsDeadLettered"))
+    print(
+        f"  streams              {on_streams[0]:>7,} predictions, {on_streams[1]:,} dead letters read back: "
+        + ("as the metrics say" if agree else "NOT what the metrics say")
+    )
+    problems = [] if agree else ["the streams and the metrics disagree"]
+    if metrics.invalid:
+        print(f"  metrics              {len(metrics.invalid)} problems, first: {metrics.invalid[0]}")
+        problems.append("invalid metrics")
+    return report_accounted(run, problems)
+
+
+def reasons(tally: Tally) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in tally.reasons.most_common()) or "none"
+
+
+def report_inputs(run: Run) -> None:
+    valid = run.count - run.malformed
+    print(f"  rides in             {run.count:>7,}  ({valid:,} valid, {run.malformed:,} malformed)")
+    if run.kpl:
         print(
-            f"  Kinesis records      {tally.kinesis_records:>7,}  (KPL aggregates of up to {kpl} rides, "
+            f"  Kinesis records      {run.tally.kinesis_records:>7,}  (KPL aggregates of up to {run.kpl} rides, "
             "each ride a user record; aws-kinesis-agg)"
         )
-    if tally.resent:
-        print(f"  resent by producer   {tally.resent:>7,}  (entries Kinesis rejected, put again)")
-    if tally.refused:
-        errors = ", ".join(f"{error}: {n}" for error, n in Counter(tally.refused.values()).most_common())
+    if run.tally.resent:
+        print(f"  resent by producer   {run.tally.resent:>7,}  (entries Kinesis rejected, put again)")
+    if run.tally.refused:
+        errors = ", ".join(f"{error}: {n}" for error, n in Counter(run.tally.refused.values()).most_common())
         print(
-            f"  refused by Kinesis   {len(tally.refused):>7,}  (still rejected after the retries: {errors})"
+            f"  refused by Kinesis   {len(run.tally.refused):>7,}  (still rejected after the retries: {errors})"
         )
-    mean = sum(tally.durations) / len(tally.durations) if tally.durations else float("nan")
-    print(f"  predictions out      {len(predicted):>7,}  (mean predicted duration {mean:.1f} min)")
-    reasons = ", ".join(f"{reason}: {n}" for reason, n in tally.reasons.most_common())
-    print(f"  dead letters         {len(dead):>7,}  ({reasons or 'none'})")
+
+
+def report_mapping(stats: Any, label: str) -> None:
     if stats:
         print(
-            f"  function             {stats.invocations:>7,} invocations, {stats.function_errors} errors, "
+            f"  {label:<20} {stats.invocations:>7,} invocations, {stats.function_errors} errors, "
             f"{stats.partial_failures} partial retries, {stats.records_discarded} records discarded"
         )
+
+
+def report_latency(tally: Tally) -> None:
     if tally.latencies:
         p50, p99 = percentile(tally.latencies, 50) * 1000, percentile(tally.latencies, 99) * 1000
         print(
             f"  end-to-end latency   p50 {p50:.0f} ms · p99 {p99:.0f} ms  (put on input -> readable on output)"
         )
+
+
+def report_accounted(run: Run, problems: list[str]) -> bool:
+    duplicates = sum(n - 1 for n in run.tally.predictions.values() if n > 1)
     if duplicates:
         print(
             f"  duplicates           {duplicates:>7,}  (at-least-once delivery; de-duplicate on source.event_id)"
         )
-    ok = not tally.refused and missing == 0 and len(predicted) == count - malformed and len(dead) == malformed
-    problems = [f"{missing} missing"] if missing else []
-    problems += [f"{len(tally.refused)} refused by Kinesis"] if tally.refused else []
+    problems = ([f"{run.missing} missing"] if run.missing else []) + problems
+    problems += [f"{len(run.tally.refused)} refused by Kinesis"] if run.tally.refused else []
+    ok = not problems and len(run.predicted) == run.count - run.malformed and len(run.dead) == run.malformed
     print(f"  every ride accounted {'yes' if ok else 'NO: ' + ', '.join(problems or ['see above'])}")
     return ok

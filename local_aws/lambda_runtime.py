@@ -91,6 +91,9 @@ class FunctionConfig:
     region: str = "us-east-1"
     environment: dict[str, str] = field(default_factory=dict)
     code_dir: Path = PROJECT_ROOT
+    # TracingConfig Active: each invocation's trace header is sampled (Sampled=1), as Lambda's is;
+    # PassThrough (False): Sampled=0, so an X-Ray SDK records nothing.
+    tracing: bool = False
 
     @property
     def arn(self) -> str:
@@ -451,10 +454,15 @@ class LocalLambda:
                     "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
                     "Lambda-Runtime-Deadline-Ms": str(int(invocation.deadline * 1000)),
                     "Lambda-Runtime-Invoked-Function-Arn": self.config.arn,
-                    "Lambda-Runtime-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}",
+                    "Lambda-Runtime-Trace-Id": self.trace_header(),
                 },
             )
             return
+
+    def trace_header(self) -> str:
+        """An invocation's X-Ray trace header, as Lambda passes it to the runtime."""
+        root = f"1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}"
+        return f"Root={root};Parent={uuid.uuid4().hex[:16]};Sampled={int(self.config.tracing)}"
 
     def _init_failed(self, body: bytes) -> None:
         try:

@@ -271,8 +271,11 @@ class LocalStack:
             self.say(f"  function   {self.lambda_endpoint} (already running)")
             return
         started = time.monotonic()
+        environment = self.function_environment()
         function = FunctionConfig(
-            function_name=self.config.function_name, environment=self.function_environment()
+            function_name=self.config.function_name,
+            environment=environment,
+            tracing=environment.get("TRACING_ENABLED") == "true",  # as the stack's Tracing=Active
         )
         if self.config.function_timeout_s is not None:
             function = dataclasses.replace(function, timeout_s=self.config.function_timeout_s)
@@ -337,6 +340,11 @@ class LocalStack:
             f"{k} {v}" for k, v in self.mapping.describe().items() if k != "DestinationConfig"
         )
         self.say(f"  mapping    {self.config.input_stream} -> function: {settings}")
+
+    def function_log(self) -> Path | None:
+        """The function's log (its stdout: JSON logs and metrics), if this stack runs the function."""
+        path = self.config.log_dir / "function.log"
+        return path if self.function is not None and path.is_file() else None
 
     def watched_model(self) -> str | None:
         """The model directory whose changes restart the function, if one is watched."""

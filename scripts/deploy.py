@@ -63,6 +63,8 @@ from stream.model_registry import RegistryUnavailableError, artifact_location, i
 BUSY = "_IN_PROGRESS"
 NEEDS_DELETE = {"ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "DELETE_FAILED"}
 WAIT_DELAY_SECONDS = 10
+# Stages whose alarms must reach someone unless deployed with ProductionStage=false.
+PRODUCTION_STAGE_NAMES = {"prod", "production"}
 
 
 class StackOperationError(ScriptError):
@@ -251,6 +253,38 @@ def check_zip(s3: Any, package: ZipPackage) -> None:
         raise
 
 
+def production_default(stage: str, deployed: dict[str, str] | None) -> dict[str, str]:
+    """ProductionStage=true for a stage named prod when neither the stack nor the deploy says."""
+    if stage in PRODUCTION_STAGE_NAMES and "ProductionStage" not in (deployed or {}):
+        return {"ProductionStage": "true"}
+    return {}
+
+
+def confirmed_subscriptions(sns: Any, topic_arn: str | None) -> int:
+    """Subscriptions of the alarm topic that deliver (an unconfirmed e-mail does not)."""
+    if sns is None or not topic_arn:
+        return 0
+    pages = sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
+    return sum(
+        1
+        for page in pages
+        for subscription in page["Subscriptions"]
+        if subscription["SubscriptionArn"] not in ("PendingConfirmation", "Deleted")
+    )
+
+
+def check_alarm_subscriber(stage: str, values: dict[str, str], subscribers: Callable[[], int]) -> None:
+    """A production stage's alarms must reach someone: AlarmEmail, or a subscription made on its
+    topic outside the stack (an HTTPS endpoint, a chat integration). One line if not."""
+    if values.get("ProductionStage") != "true" or values.get("AlarmEmail") or subscribers() > 0:
+        return
+    raise PrerequisiteError(
+        f"stage {stage} is a production stage and nobody would receive its alarms: deploy with "
+        f'ARGS="--parameter AlarmEmail=<on-call address>", or subscribe an endpoint to the topic '
+        f"ride-duration-alarms-{stage} first"
+    )
+
+
 def failure_reasons(cloudformation: Any, name: str) -> list[str]:
     """Why the last create or update failed: its resources' *_FAILED events, oldest first."""
     reasons = []
@@ -281,10 +315,17 @@ def wait(cloudformation: Any, name: str, waiter_name: str, max_minutes: int) -> 
 
 
 def stack_request(
-    cloudformation: Any, name: str, stage: str, deployment: Deployment, template: Path
+    cloudformation: Any,
+    name: str,
+    stage: str,
+    deployment: Deployment,
+    template: Path,
+    *,
+    sns: Any | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The stack as it is (None if new) and the create or update request, once it is known the
-    stack can take one."""
+    stack can take one. `sns` reads the alarm topic's subscriptions for a production stage
+    without AlarmEmail."""
     before = describe_stack(cloudformation, name)
     if before is not None:
         status = before["StackStatus"]
@@ -300,9 +341,10 @@ def stack_request(
             f"stack {name} does not exist yet: pass --image-uri (what `make publish` printed) or --zip"
         )
 
-    requested = {"Stage": stage, **deployment.requested()}
     known = template_parameters(template)
     deployed = parameters_of(before) if before is not None else None
+    defaults = production_default(stage, deployed) if "ProductionStage" in known else {}
+    requested = {"Stage": stage, **defaults, **deployment.requested()}
     package_type = (deployed or {}).get("PackageType", "Image")
     if deployed is not None and requested.get("PackageType", package_type) != package_type:
         # Lambda cannot change a function's package type; CloudFormation would have to replace
@@ -311,10 +353,17 @@ def stack_request(
             f"stack {name} has PackageType {package_type}; {requested['PackageType']} needs a new "
             "stack (another --stage), or delete this one first"
         )
+    parameters = stack_parameters(requested, known, deployed)
+    topic = outputs_of(before).get("AlarmTopicArn") if before is not None else None
+    check_alarm_subscriber(
+        stage,
+        {p["ParameterKey"]: p["ParameterValue"] for p in parameters},
+        lambda: confirmed_subscriptions(sns, topic),
+    )
     request = {
         "StackName": name,
         "TemplateBody": template.read_text(),
-        "Parameters": stack_parameters(requested, known, deployed),
+        "Parameters": parameters,
         # The template creates an IAM role (unnamed: CAPABILITY_IAM, not NAMED_IAM).
         "Capabilities": ["CAPABILITY_IAM"],
         "Tags": [{"Key": "project", "Value": "ride-duration"}, {"Key": "stage", "Value": stage}],
@@ -330,9 +379,10 @@ def deploy(
     *,
     template: Path = TEMPLATE,
     max_minutes: int = 30,
+    sns: Any | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Create or update the stack and wait; the stack before (None if new) and after."""
-    before, request = stack_request(cloudformation, name, stage, deployment, template)
+    before, request = stack_request(cloudformation, name, stage, deployment, template, sns=sns)
     if before is None:
         say(f"creating stack {name}")
         cloudformation.create_stack(**request)
@@ -354,12 +404,18 @@ def deploy(
 
 
 def preview(
-    cloudformation: Any, name: str, stage: str, deployment: Deployment, *, template: Path = TEMPLATE
+    cloudformation: Any,
+    name: str,
+    stage: str,
+    deployment: Deployment,
+    *,
+    template: Path = TEMPLATE,
+    sns: Any | None = None,
 ) -> list[str]:
     """What a deploy would change, from a CloudFormation change set that is then deleted (never
     executed: a deploy publishes, checks and moves the alias after the stack update, which
     executing the change set by hand would skip)."""
-    before, request = stack_request(cloudformation, name, stage, deployment, template)
+    before, request = stack_request(cloudformation, name, stage, deployment, template, sns=sns)
     change_set = f"preview-{time.strftime('%Y%m%d-%H%M%S')}"
     kind = "CREATE" if before is None else "UPDATE"
     say(f"creating change set {change_set} of stack {name} ({kind})")
@@ -569,7 +625,8 @@ def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(
         prog="python -m scripts.deploy",
         description=__doc__.split("\n\n", 1)[0],
-        epilog="Other template parameters: --parameter ShardCount=2 --parameter AlarmEmail=you@example.com",
+        epilog="Other template parameters: --parameter ShardCount=2 --parameter AlarmEmail=you@example.com "
+        "(a stage named prod needs a subscriber to its alarms: AlarmEmail or one on its topic)",
     )
     add_stack_arguments(result)
     result.add_argument("--image-uri", help="ECR image by digest (required to create the stack)")
@@ -649,11 +706,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.image_uri, model.uri if model else None, tuple(args.parameter), model, zip_package, live
     )
     if args.preview:
-        for line in preview(cloudformation, name, args.stage, deployment, template=args.template):
+        for line in preview(
+            cloudformation, name, args.stage, deployment, template=args.template, sns=aws.client("sns")
+        ):
             print(line)
         return 0
     before, after = deploy(
-        cloudformation, name, args.stage, deployment, template=args.template, max_minutes=args.max_minutes
+        cloudformation,
+        name,
+        args.stage,
+        deployment,
+        template=args.template,
+        max_minutes=args.max_minutes,
+        sns=aws.client("sns"),
     )
     outputs = outputs_of(after)
     wait_for_function(lambda_client, outputs["FunctionName"])

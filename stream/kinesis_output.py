@@ -104,6 +104,7 @@ class WriteResult:
     failed: list[FailedWrite] = field(default_factory=list)  # may succeed later: retry
     refused: list[FailedWrite] = field(default_factory=list)  # over Kinesis's limits: never
     calls: int = 0
+    rejected: int = 0  # entries Kinesis answered with an ErrorCode, over all calls (resent or not)
 
 
 def entry_problem(record: OutputRecord) -> str | None:
@@ -247,6 +248,7 @@ class KinesisStreamWriter:
         errors: list[str] = []
         for record, entry in zip(sent, entries, strict=True):
             if "ErrorCode" in entry:
+                result.rejected += 1
                 rejected.append(record)
                 errors.append(f"{entry['ErrorCode']}: {entry.get('ErrorMessage', '')}".rstrip(": "))
             else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream.kinesis_output import RetryPolicy
+from stream.metrics import DEFAULT_NAMESPACE, DEFAULT_SERVICE
 from stream.redelivery import DEFAULT_SIZE as DEFAULT_REDELIVERY_MEMORY_SIZE
 from stream.ride_events import MAX_TRIP_DISTANCE_MILES, MAX_ZONE_ID, TLC_BOUNDS, RideBounds
 
@@ -36,6 +37,10 @@ class Settings:
     deadline_safety_margin_s: float
     redelivery_memory_size: int
     ride_bounds: RideBounds = TLC_BOUNDS
+    # Powertools' own variable names: its Metrics would read the same ones.
+    metrics_namespace: str = DEFAULT_NAMESPACE
+    service_name: str = DEFAULT_SERVICE
+    tracing: bool = False  # X-Ray subsegments (stream/tracing.py): off unless asked for
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +68,9 @@ class Settings:
             redelivery_memory_size=_int(
                 env, "REDELIVERY_MEMORY_SIZE", DEFAULT_REDELIVERY_MEMORY_SIZE, minimum=0
             ),
+            metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE") or DEFAULT_NAMESPACE,
+            service_name=env.get("POWERTOOLS_SERVICE_NAME") or DEFAULT_SERVICE,
+            tracing=_flag(env, "TRACING_ENABLED"),
         )
 
 
@@ -113,6 +121,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "false").strip().lower()
+    if raw not in ("true", "false"):
+        raise ConfigurationError(f"{name} must be true or false, got {env.get(name)!r}")
+    return raw == "true"
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from benchmarks import cost
 from benchmarks.batch import measure
 from benchmarks.run import RESULTS_MARKERS, evaluate, markdown, quote_in_results_page
 
@@ -28,6 +32,17 @@ def test_a_small_throughput_run_writes_the_table_json_and_plot(model_dir: Path, 
         assert row["decode_ms"] + row["predict_ms"] + row["write_ms"] <= row["handler_ms"]
     assert (tmp_path / "throughput.png").read_bytes().startswith(b"\x89PNG")
     assert "| 20 |" in (tmp_path / "results.md").read_text()
+    # What the cost table needs from a run, and what metrics cost per invocation.
+    assert set(results["record_sizes"]) == {"input_bytes", "output_bytes", "dead_letter_bytes"}
+    assert 0 < results["observability"]["metrics_us"] < 10_000
+    assert (
+        "Metrics and tracing: writing an invocation's metrics document costs"
+        in (tmp_path / "results.md").read_text()
+    )
+    assert (
+        results["command"]
+        == f'make bench ARGS="--only throughput --sizes 1 20 --repeat 1 --out {tmp_path} --model-dir {model_dir}"'
+    )
 
 
 def test_targets_are_reported_as_met_or_not() -> None:
@@ -123,3 +138,76 @@ def test_peak_memory_is_the_childs_own_however_large_the_benchmark(tmp_path: Pat
     assert measured["wall_s"] > 0
     assert float(own) < 100
     del ballast
+
+
+# --- the cost and capacity table (benchmarks/cost.py) ------------------------------------------
+
+
+def cost_results(handler_100: float = 100.0, write_100: float = 40.0) -> dict[str, Any]:
+    rows = [
+        {"batch": 100, "handler_ms": handler_100, "write_ms": write_100},
+        {"batch": 500, "handler_ms": 300.0, "write_ms": 150.0},
+    ]
+    sizes = {"input_bytes": 95.0, "output_bytes": 540.0, "dead_letter_bytes": 500.0}
+    return {"date": "2026-11-26", "command": "make bench", "throughput": rows, "record_sizes": sizes}
+
+
+def test_lambda_cost_scales_the_cpu_part_below_one_vcpu_and_bills_whole_milliseconds() -> None:
+    row = cost_results()["throughput"][0]
+    # 60 ms of CPU at 1,024 MB (1,769 MB is one vCPU) + 40 ms of writing: 143.7 ms, billed 144.
+    assert cost.batch_ms(row, 1024) == pytest.approx(60 * 1769 / 1024 + 40)
+    assert cost.batch_ms(row, 1769) == cost.batch_ms(row, 3008) == 100
+    invocations, gb_seconds = 10_000, 10_000 * 0.144 * 1.0
+    assert cost.lambda_cost_per_million(row, 1024, "arm64") == pytest.approx(
+        gb_seconds * 0.0000133334 + invocations * 0.20 / 1e6
+    )
+    assert cost.lambda_cost_per_million(row, 1024, "x86_64") > cost.lambda_cost_per_million(
+        row, 1024, "arm64"
+    )
+
+
+def test_shards_follow_whichever_kinesis_write_limit_binds() -> None:
+    assert cost.shards_for(1_000, 95) == 1
+    assert cost.shards_for(1_001, 95) == 2  # 1,000 records/s per shard
+    assert cost.shards_for(100, 20_000) == 2  # 2 MB/s: 1 MiB/s per shard
+    assert cost.put_units(95) == 1  # 25 KB units
+    assert cost.put_units(30_000) == 2
+
+
+def test_a_batch_too_slow_for_its_shard_needs_a_parallelization_factor_and_over_ten_says_so() -> None:
+    fast, slow = (
+        {"batch": 100, "handler_ms": 50.0, "write_ms": 0.0},
+        {"batch": 100, "handler_ms": 2000.0, "write_ms": 2000.0},
+    )
+    assert cost.parallelization(1_000, fast, 1769) == 1  # 2,000 records/s per batch in flight
+    assert cost.parallelization(1_000, slow, 1769) == 20  # 50 records/s per batch in flight
+    section = cost.cost_markdown(cost_results(handler_100=2000.0, write_100=2000.0))
+    assert "20 (over 10: add shards)" in section
+
+
+def test_the_cost_section_needs_batches_of_100_and_500_and_the_record_sizes() -> None:
+    results = cost_results()
+    section = cost.cost_markdown(results)
+    assert "| 1,024 MB | 100 | 143.7 ms |" in section
+    # shards in and out; 696 records/s per batch in flight, so a factor of 2; concurrency
+    assert "| 100,000 | 100 | 100 | 2 | 200 |" in section
+    assert "(unconfirmed: one public reference)" in section
+    assert cost.cost_markdown({**results, "record_sizes": None}) == ""
+    assert cost.cost_markdown({**results, "throughput": results["throughput"][:1]}) == ""
+
+
+def test_the_cost_section_regenerates_from_a_results_file_and_replaces_its_quote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(cost_results()))
+    assert cost.main([str(results)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == cost.cost_markdown(cost_results())
+    start, end = cost.MARKERS
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\n\n{start}\nold\n{end}\nafter\n")
+    assert cost.quote(printed, page)
+    assert page.read_text() == f"# Benchmarks\n\n{start}\n{printed}{end}\nafter\n"
+    results.write_text(json.dumps({"throughput": []}))
+    assert cost.main([str(results)]) == 1

@@ -56,7 +56,7 @@ def test_handler_turns_a_course_event_into_a_course_prediction(
     [letter] = read_stream(kinesis, "dlq")
     assert letter["reason"].startswith("data is not JSON")
     logs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    [summary] = [entry for entry in logs if entry["message"] == "batch processed"]
+    [summary] = [entry for entry in logs if entry.get("message") == "batch processed"]
     assert summary["level"] == "INFO"
     assert (summary["received"], summary["predicted"], summary["dead_lettered"], summary["retryable"]) == (
         2,
@@ -65,7 +65,7 @@ def test_handler_turns_a_course_event_into_a_course_prediction(
         0,
     )
     assert summary["function_request_id"] == FakeLambdaContext.aws_request_id
-    [loaded] = [entry for entry in logs if entry["message"] == "model loaded"]
+    [loaded] = [entry for entry in logs if entry.get("message") == "model loaded"]
     assert loaded["model_uri"] == str(model_dir)
 
 

@@ -326,6 +326,7 @@ STAGE_NAMED = re.compile(
     r"(stack/ride-duration-\$\{Stage\}/\*|ride-events-\$\{Stage\}|ride-predictions-\$\{Stage\}"
     r"|ride-dead-letters-\$\{Stage\}|ride-events-discarded-\$\{Stage\}|ride-duration-\$\{Stage\}-"
     r"|/aws/lambda/ride-duration-\$\{Stage\}|function:ride-duration-\$\{Stage\}|ride-duration-alarms-\$\{Stage\}"
+    r"|dashboard/ride-duration-\$\{Stage\}$"
     r"|repository/\$\{RepositoryName\}|stack/ride-duration-\$\{PromoteFromStage\}/\*"
     r"|ride-duration-\$\{PromoteFromStage\}-modelbucket-)"
 )

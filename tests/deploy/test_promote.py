@@ -16,8 +16,13 @@ MODEL_FILES = {"MLmodel": b"flavors: {}\n", "model.pkl": b"weights", "requiremen
 
 
 def make_stage(client: Any, stage: str, image_uri: str) -> dict[str, str]:
+    # prod's alarms must reach someone (scripts/deploy.py refuses it otherwise).
+    subscriber = (("AlarmEmail", "oncall@example.com"),) if stage == "prod" else ()
     _, after = deploy(
-        client("cloudformation"), f"ride-duration-{stage}", stage, Deployment(image_uri=image_uri)
+        client("cloudformation"),
+        f"ride-duration-{stage}",
+        stage,
+        Deployment(image_uri=image_uri, overrides=subscriber),
     )
     return {o["OutputKey"]: o["OutputValue"] for o in after["Outputs"]}
 

@@ -175,6 +175,9 @@ def test_function_runs_the_image_with_memory_timeout_and_the_stack_streams(
         "PREDICTIONS_STREAM_NAME": stack["PredictionsStreamName"],
         "DEAD_LETTER_STREAM_NAME": stack["DeadLetterStreamName"],
         "LOG_LEVEL": "INFO",
+        "POWERTOOLS_METRICS_NAMESPACE": "RideDuration",
+        "POWERTOOLS_SERVICE_NAME": stack["FunctionName"],
+        "TRACING_ENABLED": "false",
     }
     # moto reports every function as a zip package: the template says what AWS will see.
     assert properties("Function")["PackageType"] == {"Ref": "PackageType"}
@@ -276,7 +279,8 @@ def either_branch(item: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_no_policy_statement_uses_a_wildcard_action_or_resource() -> None:
     """Wildcards only where AWS needs them: objects under the model prefix (and the log group
-    ARN's own ':*' suffix, which comes from GetAtt, not from the template)."""
+    ARN's own ':*' suffix, which comes from GetAtt, not from the template), and X-Ray's two
+    write actions, which take no resource, with Tracing=Active only."""
     statements = [
         statement
         for resource in RESOURCES.values()
@@ -285,6 +289,10 @@ def test_no_policy_statement_uses_a_wildcard_action_or_resource() -> None:
         for statement in either_branch(item)
     ]
     assert statements
+    [traces] = [statement for statement in statements if statement["Sid"] == "WriteTraces"]
+    assert traces["Resource"] == "*"
+    assert sorted(traces["Action"]) == ["xray:PutTelemetryRecords", "xray:PutTraceSegments"]
+    statements.remove(traces)
     for statement in statements:
         assert all("*" not in action for action in as_list(statement["Action"]))
         for resource in as_list(statement["Resource"]):
@@ -319,16 +327,21 @@ def watched_resource(alarm: dict[str, Any]) -> str:
 
 
 def test_alarms_watch_iterator_age_function_errors_and_discarded_batches() -> None:
+    """The first three alarms; the ones on the function's own metrics: tests/deploy/test_operate.py."""
     alarms = of_type("AWS::CloudWatch::Alarm")
-    watched = {(a["Namespace"], a["MetricName"], watched_resource(a)) for a in alarms.values()}
-    assert watched == {
+    watched = {
+        (a["Namespace"], a["MetricName"], watched_resource(a))
+        for a in alarms.values()
+        if a.get("Namespace") in ("AWS/Lambda", "AWS/SQS")
+    }
+    assert watched >= {
         ("AWS/Lambda", "IteratorAge", "Function"),
         ("AWS/Lambda", "Errors", "Function"),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "DiscardedBatchesQueue"),
     }
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == alarm["OKActions"] == [{"Ref": "AlarmTopic"}]
-    [iterator_age] = [a for a in alarms.values() if a["MetricName"] == "IteratorAge"]
+    [iterator_age] = [a for a in alarms.values() if a.get("MetricName") == "IteratorAge"]
     assert (iterator_age["Statistic"], iterator_age["Threshold"]) == ("Maximum", 60000)
 
 
