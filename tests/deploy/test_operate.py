@@ -108,14 +108,17 @@ def test_the_duration_alarm_is_a_share_of_the_timeout(client: Any, stack: dict[s
     assert alarm["Threshold"] == 80
 
 
-def test_throttles_are_watched_on_the_function() -> None:
+def test_throttles_are_watched_on_the_live_alias() -> None:
     throttles = ALARMS["ThrottlesAlarm"]["Properties"]
     assert (throttles["Namespace"], throttles["MetricName"], throttles["Statistic"]) == (
         "AWS/Lambda",
         "Throttles",
         "Sum",
     )
-    assert throttles["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "Function"}}]
+    assert throttles["Dimensions"] == [
+        {"Name": "FunctionName", "Value": {"Ref": "Function"}},
+        {"Name": "Resource", "Value": {"Fn::Sub": "${Function}:live"}},
+    ]
 
 
 def test_the_dashboard_shows_the_records_latencies_age_cold_starts_concurrency_drift_and_alarms(

@@ -46,14 +46,17 @@ def deploy_image(client: Any, endpoint: str, tag: str, *answers: str, extra: tup
     return run(deploy_script.main, ["--stage", STAGE, "--image-uri", image, *NO_WATCH, *extra])
 
 
-def resolve(value: Any, refs: dict[str, str]) -> Any:
+def resolve(value: Any, refs: dict[str, Any]) -> Any:
     """The template's few intrinsic forms in alarm properties, with this stack's values."""
     if isinstance(value, dict) and "Ref" in value:
         return refs[value["Ref"]]
     if isinstance(value, dict) and "Fn::GetAtt" in value:
         return refs[".".join(value["Fn::GetAtt"])]
     if isinstance(value, dict) and "Fn::Sub" in value:
-        return value["Fn::Sub"].replace("${Stage}", refs["Stage"])
+        text = value["Fn::Sub"]
+        for name, resolved in refs.items():
+            text = text.replace("${" + name + "}", str(resolved))
+        return text
     if isinstance(value, dict):
         return {key: resolve(item, refs) for key, item in value.items()}
     if isinstance(value, list):
@@ -63,7 +66,8 @@ def resolve(value: Any, refs: dict[str, str]) -> Any:
 
 def create_template_alarms(client: Any, stack: dict[str, str]) -> dict[str, str]:
     """The template's alarms, as CloudFormation would create them: logical id -> alarm name."""
-    refs = {
+    refs: dict[str, Any] = {
+        **{name: p["Default"] for name, p in load_template()["Parameters"].items() if "Default" in p},
         "Stage": STAGE,
         "Function": stack["FunctionName"],
         "AlarmTopic": stack["AlarmTopicArn"],
@@ -222,7 +226,7 @@ def test_an_alarm_firing_after_the_move_rolls_back(
     assert str(raised.value).endswith("rolled back: alias live: version 2 -> 1")
     assert "Threshold Crossed" in str(raised.value)
     assert (
-        f"watching 3 alarm(s) for 1 minute(s): {', '.join(sorted(alarms.values()))}"
+        f"watching {len(alarms)} alarm(s) for 1 minute(s): {', '.join(sorted(alarms.values()))}"
         in capsys.readouterr().err
     )
 
