@@ -179,7 +179,7 @@ serve: setup $(LOCAL_MODEL)  ## HTTP predictions under gunicorn (MODEL_URI=model
 		--no-control-socket --access-logfile - 'web_service:app_from_env()'
 
 score: setup $(LOCAL_MODEL) $(SAMPLE_INPUT)  ## batch predictions (INPUT=… OUTPUT=… local or s3://, ARGS=…)
-	MODEL_URI='$(SERVE_MODEL_URI)' $(BIN)/python -m batch_scoring '$(INPUT)' '$(OUTPUT)' $(ARGS)
+	MODEL_URI='$(SERVE_MODEL_URI)' $(BIN)/python -m batch '$(INPUT)' '$(OUTPUT)' $(ARGS)
 
 # The web service's image (web.Dockerfile). MODEL_DIR=model bakes ./model in (trained first if
 # missing); PLATFORM=linux/arm64 builds for another machine (buildx); WEB_IMAGE names the image.
