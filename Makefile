@@ -119,9 +119,10 @@ STAGE ?= dev
 ARCH ?= arm64
 .PHONY: requirements ecr ci-role publish package deploy promote smoke invoke replay rollback
 
-requirements: | $(UV)  ## requirements-lambda.txt and requirements-web.txt from uv.lock: what the two images install
+requirements: | $(UV)  ## requirements-{lambda,web,batch}.txt from uv.lock: what the three images install
 	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
 	$(UV) export --frozen --no-default-groups --group web --no-emit-project --quiet > requirements-web.txt
+	$(UV) export --frozen --no-default-groups --group batch --no-emit-project --quiet > requirements-batch.txt
 
 ecr: setup  ## create/update the image repository's stack, ride-duration-ecr (once per account and region)
 	$(BIN)/python -m scripts.account_stacks ecr $(ARGS)

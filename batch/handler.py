@@ -17,8 +17,8 @@ from batch.settings import BatchSettings
 from model_service import load_configured_model
 from stream.settings import Settings
 
-# The system allocator returns what a chunk freed: 3,000,000 rows peak ~50 MB lower than with
-# Arrow's default (mimalloc), in the same time (batch/cli.py, measured here).
+# The command's allocator (batch/cli.py: ~50 MB lower for 1,000,000 local rows). Here, reading and
+# writing S3, a 3,000,000-row month peaked at 334 MB either way (benchmarks/batch_month.py).
 pa.set_memory_pool(pa.system_memory_pool())
 settings = Settings.from_env()
 logger = Logger(service="ride-duration-batch", level=settings.log_level)
