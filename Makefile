@@ -196,3 +196,18 @@ web-image: docker-engine $(WEB_MODEL)  ## build the web service's image with Doc
 docker-engine:
 	@command -v docker >/dev/null 2>&1 || { echo "docker not found: this target builds an image and needs Docker 23+ (https://docs.docker.com/get-docker/); make serve runs the same service without it" >&2; exit 1; }
 	@docker info >/dev/null 2>&1 || { echo "docker is installed but its engine is not running (or this user may not use it): start Docker, then run this again" >&2; exit 1; }
+
+# --- Batch on AWS (docs/web-and-batch.md): the stack ride-duration-batch-$(STAGE) ----------------
+.PHONY: batch-publish batch-deploy backfill
+
+batch-publish: setup  ## build the batch image (batch.Dockerfile) for ARCH, push it to ECR, print it by digest (MODEL_DIR=model bakes ./model in)
+	$(BIN)/python -m scripts.publish --image batch --arch $(ARCH) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
+
+batch-deploy: setup  ## create or update the stage's batch stack, then self-test its function: IMAGE=<uri@sha256:...> (first time), MODEL_URI=s3://...
+	$(BIN)/python -m scripts.batch_deploy --stage $(STAGE) $(if $(IMAGE),--image-uri $(IMAGE)) $(if $(MODEL_URI),--model-uri $(MODEL_URI)) $(ARGS)
+
+# Here by default; on AWS only when STAGE is given on the command line (its default, dev, is not a
+# request to run there).
+BACKFILL_ON_AWS := $(filter command line,$(origin STAGE))
+backfill: setup $(if $(BACKFILL_ON_AWS),,$(LOCAL_MODEL))  ## one batch run per month FROM=YYYY-MM TO=YYYY-MM: here in sequence (ARGS=--synthetic), or STAGE=dev: on AWS in parallel
+	$(if $(BACKFILL_ON_AWS),,MODEL_URI='$(SERVE_MODEL_URI)') $(BIN)/python -m scripts.backfill --from '$(FROM)' --to '$(TO)' $(if $(BACKFILL_ON_AWS),--stage $(STAGE)) $(ARGS)
