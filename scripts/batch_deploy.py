@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = replace(model, sha256=model_sha256(aws.client("s3"), model.uri))
             say(f"{model.uri} pinned by the SHA-256 of its files: {model.sha256}")
     requested = requested_parameters(
-        args.stage, args.image_uri, model, stage_stack, before, dict(args.parameter)
+        args.stage, args.image_uri, model, stage_stack, before, overrides=dict(args.parameter)
     )
     after = deploy_template(cloudformation, name, args.template, requested, max_minutes=args.max_minutes)
     outputs, parameters = outputs_of(after), parameters_of(after)

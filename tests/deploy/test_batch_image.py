@@ -24,6 +24,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from scripts import publish
 from scripts.stack import PROJECT_ROOT
 from scripts.train import synthetic_trips
 from tests.deploy.test_container_image import (
@@ -44,6 +45,7 @@ from tests.deploy.test_container_image import (
     uv_executable,
 )
 from tests.deploy.test_container_image import INSTRUCTIONS as FUNCTION_INSTRUCTIONS
+from tests.deploy.test_publish import COMMIT, FakeDocker, create_repository
 
 BATCH_DOCKERFILE = PROJECT_ROOT / "batch.Dockerfile"
 BATCH_REQUIREMENTS = PROJECT_ROOT / "requirements-batch.txt"
@@ -244,3 +246,58 @@ def test_handler_scores_an_arriving_month_from_the_image_task_root_with_only_the
         Bucket="ride-duration-batch-data", Key="output/year=2021/month=02/predictions.parquet"
     )
     assert pq.read_table(io.BytesIO(output["Body"].read())).num_rows == 500
+
+
+def test_handler_answers_the_self_test_event_with_the_models_report(tmp_path: Path, model_dir: Path) -> None:
+    """What `make batch-deploy` sends after an update: the model loaded and checked, no file read."""
+    task_root = tmp_path / "task"
+    for inside, source in task_root_files().items():
+        (task_root / inside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, task_root / inside)
+    [handler] = json.loads(only("CMD"))
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    environment |= {
+        "HANDLER": handler,
+        "FORBIDDEN_MODULES": json.dumps(modules_outside_the_runtime_set(BATCH_REQUIREMENTS)),
+        "MODEL_URI": str(model_dir),
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-c", HANDLER_DRIVER],
+        cwd=task_root,
+        env=environment,
+        input=json.dumps({"self_test": True}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    [response] = [
+        line.removeprefix("RESPONSE ") for line in result.stdout.splitlines() if line.startswith("RESPONSE ")
+    ]
+    report = json.loads(response)
+    assert (report["self_test"], report["passed"], report["model_uri"]) == ("passed", True, str(model_dir))
+
+
+def test_publish_builds_the_batch_image_from_its_dockerfile_under_a_batch_tag(client: Any) -> None:
+    ecr = client("ecr")
+    create_repository(ecr)
+    docker = FakeDocker(ecr)
+    tag = publish.image_tag(COMMIT, dirty=False, image="batch")
+
+    image = publish.publish(
+        ecr, "ride-duration", tag, None, run_command=docker, dockerfile=publish.DOCKERFILES["batch"]
+    )
+
+    assert tag == f"batch-{COMMIT}-arm64"
+    pull, _, build, _, push = docker.commands
+    assert pull[-1] == only("FROM")  # the base this Dockerfile names
+    assert build[build.index("--file") + 1] == str(BATCH_DOCKERFILE)
+    assert build[-1] == str(PROJECT_ROOT)
+    assert push == ["docker", "push", f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ride-duration:{tag}"]
+    assert image.startswith("123456789012.dkr.ecr.us-east-1.amazonaws.com/ride-duration@sha256:")
+    function_build = publish.build_command("reference", None)
+    assert "--file" not in function_build  # `make publish` builds ./Dockerfile as before
