@@ -119,9 +119,10 @@ STAGE ?= dev
 ARCH ?= arm64
 .PHONY: requirements ecr ci-role publish package deploy promote smoke invoke replay rollback
 
-requirements: | $(UV)  ## requirements-lambda.txt and requirements-web.txt from uv.lock: what the two images install
+requirements: | $(UV)  ## requirements-{lambda,web,batch}.txt from uv.lock: what the three images install
 	$(UV) export --frozen --no-default-groups --no-emit-project --quiet > requirements-lambda.txt
 	$(UV) export --frozen --no-default-groups --group web --no-emit-project --quiet > requirements-web.txt
+	$(UV) export --frozen --no-default-groups --group batch --no-emit-project --quiet > requirements-batch.txt
 
 ecr: setup  ## create/update the image repository's stack, ride-duration-ecr (once per account and region)
 	$(BIN)/python -m scripts.account_stacks ecr $(ARGS)
@@ -179,7 +180,7 @@ serve: setup $(LOCAL_MODEL)  ## HTTP predictions under gunicorn (MODEL_URI=model
 		--no-control-socket --access-logfile - 'web_service:app_from_env()'
 
 score: setup $(LOCAL_MODEL) $(SAMPLE_INPUT)  ## batch predictions (INPUT=… OUTPUT=… local or s3://, ARGS=…)
-	MODEL_URI='$(SERVE_MODEL_URI)' $(BIN)/python -m batch_scoring '$(INPUT)' '$(OUTPUT)' $(ARGS)
+	MODEL_URI='$(SERVE_MODEL_URI)' $(BIN)/python -m batch '$(INPUT)' '$(OUTPUT)' $(ARGS)
 
 # The web service's image (web.Dockerfile). MODEL_DIR=model bakes ./model in (trained first if
 # missing); PLATFORM=linux/arm64 builds for another machine (buildx); WEB_IMAGE names the image.
@@ -195,3 +196,18 @@ web-image: docker-engine $(WEB_MODEL)  ## build the web service's image with Doc
 docker-engine:
 	@command -v docker >/dev/null 2>&1 || { echo "docker not found: this target builds an image and needs Docker 23+ (https://docs.docker.com/get-docker/); make serve runs the same service without it" >&2; exit 1; }
 	@docker info >/dev/null 2>&1 || { echo "docker is installed but its engine is not running (or this user may not use it): start Docker, then run this again" >&2; exit 1; }
+
+# --- Batch on AWS (docs/web-and-batch.md): the stack ride-duration-batch-$(STAGE) ----------------
+.PHONY: batch-publish batch-deploy backfill
+
+batch-publish: setup  ## build the batch image (batch.Dockerfile) for ARCH, push it to ECR, print it by digest (MODEL_DIR=model bakes ./model in)
+	$(BIN)/python -m scripts.publish --image batch --arch $(ARCH) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
+
+batch-deploy: setup  ## create or update the stage's batch stack, then self-test its function: IMAGE=<uri@sha256:...> (first time), MODEL_URI=s3://...
+	$(BIN)/python -m scripts.batch_deploy --stage $(STAGE) $(if $(IMAGE),--image-uri $(IMAGE)) $(if $(MODEL_URI),--model-uri $(MODEL_URI)) $(ARGS)
+
+# Here by default; on AWS only when STAGE is given on the command line (its default, dev, is not a
+# request to run there).
+BACKFILL_ON_AWS := $(filter command line,$(origin STAGE))
+backfill: setup $(if $(BACKFILL_ON_AWS),,$(LOCAL_MODEL))  ## one batch run per month FROM=YYYY-MM TO=YYYY-MM: here in sequence (ARGS=--synthetic), or STAGE=dev: on AWS in parallel
+	$(if $(BACKFILL_ON_AWS),,MODEL_URI='$(SERVE_MODEL_URI)') $(BIN)/python -m scripts.backfill --from '$(FROM)' --to '$(TO)' $(if $(BACKFILL_ON_AWS),--stage $(STAGE)) $(ARGS)

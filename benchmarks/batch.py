@@ -4,7 +4,7 @@
     python -m benchmarks.batch limit INPUT OUTPUT MODEL_DIR    # the least the job needs (limit)
     python -m benchmarks.batch peak COMMAND...                 # wall time and peak RSS of a command
 
-- **ours**: `python -m batch_scoring INPUT OUTPUT --model-uri MODEL_DIR --no-progress`.
+- **ours**: `python -m batch INPUT OUTPUT --model-uri MODEL_DIR --no-progress`.
 - **course**: the course's batch `score.py`, as it is written there: the whole file into pandas,
   `PU_DO` as strings, `to_dict(orient="records")`, `mlflow.pyfunc.load_model`, one predict,
   `to_parquet`. Two departures, both in the baseline's favour: the ride id is the row's position
@@ -53,7 +53,7 @@ def trips_file(folder: Path, rows: int, seed: int = 42) -> Path:
 
 def command(design: str, trips: Path, output: Path, model_dir: Path) -> list[str]:
     if design == "ours":
-        return [sys.executable, "-m", "batch_scoring", str(trips), str(output), "--model-uri", str(model_dir),
+        return [sys.executable, "-m", "batch", str(trips), str(output), "--model-uri", str(model_dir),
                 "--no-progress"]  # fmt: skip
     return [sys.executable, "-m", "benchmarks.batch", design, str(trips), str(output), str(model_dir)]
 
@@ -73,7 +73,7 @@ def measure(cmd: list[str], cwd: Path, log: Path) -> dict[str, Any]:
         for prefix in ("MEASURED ", "RESULT ")
         if line.startswith(prefix)
     }
-    # batch_scoring's summary: "scored 1,000,000 rows of ... in 0.5 s (...)": its scoring phase.
+    # batch scoring's summary: "scored 1,000,000 rows of ... in 0.5 s (...)": its scoring phase.
     scored = [re.search(r" in ([0-9.]+) s \(", line) for line in lines if line.startswith("scored ")]
     phases = {"scoring_s": float(scored[-1][1])} if scored and scored[-1] else {}
     return {**found["MEASURED "], **found.get("RESULT ", {}), **phases}

@@ -484,7 +484,7 @@ def batch_table(batch: dict[str, Any]) -> list[str]:
         return " · ".join(f"{name.replace('_', ' ')} {value:.2f}" for name, value in found.items())
 
     rows = [
-        ("`python -m batch_scoring`", "ours"),
+        ("`python -m batch`", "ours"),
         ('the course\'s way: pandas, `to_dict(orient="records")`, `mlflow.pyfunc`', "course"),
         ("limit: read 3 columns, sparse input from the vocabulary, predict, write", "limit"),
     ]

@@ -3,9 +3,10 @@
     python -m scripts.publish                       # arm64 (Graviton); model from MODEL_URI at run time
     python -m scripts.publish --arch x86_64         # for an x86_64 function
     python -m scripts.publish --model-dir model     # bake `make train`'s ./model into the image
+    python -m scripts.publish --image batch         # the batch function's image (batch.Dockerfile)
 
 The tag is the commit (`git rev-parse HEAD`) and the architecture, with a fingerprint of the
-baked model if any, so an image says what it holds; the repository refuses to move a tag
+baked model if any (and `batch-` before it for the batch image), so an image says what it holds; the repository refuses to move a tag
 (IMMUTABLE), and a tag already published is not built again. The base image (the Dockerfile's
 FROM, a dated tag) is pulled first and its digest is recorded in the image's labels
 (org.opencontainers.image.base.digest) and printed: the registry cannot be reached where the
@@ -41,6 +42,9 @@ DEFAULT_REPOSITORY = "ride-duration"
 PLATFORMS = {"arm64": "linux/arm64", "x86_64": "linux/amd64"}
 DEFAULT_ARCH = "arm64"  # Graviton: about 20 % cheaper per GB-second
 DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
+# The two Lambda images, by what they run: the stream's function, and batch scoring's. Both go to
+# the one repository (infra/ecr.yaml), told apart by their tags.
+DOCKERFILES = {"function": DOCKERFILE, "batch": DOCKERFILE.with_name("batch.Dockerfile")}
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 IMAGE_BY_DIGEST = re.compile(
     r"^(?P<registry>(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com)"
@@ -96,11 +100,20 @@ def model_fingerprint(model_dir: Path) -> str:
 
 
 def image_tag(
-    commit: str, dirty: bool, model: str | None = None, now: datetime | None = None, arch: str = DEFAULT_ARCH
+    commit: str,
+    dirty: bool,
+    model: str | None = None,
+    now: datetime | None = None,
+    arch: str = DEFAULT_ARCH,
+    *,
+    image: str = "function",
 ) -> str:
     """The commit and architecture, plus the baked model's fingerprint (./model is not in git), plus
-    the time for a dirty tree (the commit alone would not describe the code)."""
+    the time for a dirty tree (the commit alone would not describe the code); `batch-` first for
+    the batch image."""
     tag = f"{commit}-{arch}" if model is None else f"{commit}-{arch}-model-{model}"
+    if image != "function":
+        tag = f"{image}-{tag}"
     if dirty:
         tag += "-dirty-" + (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     return tag
@@ -208,8 +221,12 @@ def build_command(
     root: Path = PROJECT_ROOT,
     arch: str = DEFAULT_ARCH,
     base: tuple[str, str] | None = None,
+    *,
+    dockerfile: Path = DOCKERFILE,
 ) -> list[str]:
     command = ["docker", "build", "--platform", PLATFORMS[arch], "--tag", reference]
+    if dockerfile != DOCKERFILE:
+        command += ["--file", str(dockerfile)]
     # Lambda rejects the image index (with attestations) that BuildKit makes by default.
     command += ["--provenance=false"]
     if base:  # OCI's annotation keys for what the image was built on
@@ -229,6 +246,7 @@ def publish(
     run_command: Runner = subprocess.run,
     *,
     arch: str = DEFAULT_ARCH,
+    dockerfile: Path = DOCKERFILE,
 ) -> str:
     """Build and push unless this tag exists; the image URI by digest."""
     repository_uri = existing_repository_uri(ecr, repository)
@@ -237,11 +255,14 @@ def publish(
         say(f"{repository}:{tag} is already published; not building it again")
         return image_uri_by_digest(repository_uri, existing)
     reference = f"{repository_uri}:{tag}"
-    base = base_image()
+    base = base_image(dockerfile)
     base_digest = resolve_base_digest(base, PLATFORMS[arch], run_command)
     say(f"base image {base} is {base.rsplit(':', 1)[0]}@{base_digest} (recorded in the image's labels)")
     say(f"building {reference} for {PLATFORMS[arch]}")
-    run_command(build_command(reference, model_dir, arch=arch, base=(base, base_digest)), check=True)
+    run_command(
+        build_command(reference, model_dir, arch=arch, base=(base, base_digest), dockerfile=dockerfile),
+        check=True,
+    )
     docker_login(ecr, repository_uri.split("/", 1)[0], run_command)
     say(f"pushing {reference}")
     run_command(["docker", "push", reference], check=True)
@@ -361,6 +382,12 @@ def parser() -> argparse.ArgumentParser:
     )
     result.add_argument("--model-dir", type=Path, help="bake this MLflow model directory into the image")
     result.add_argument(
+        "--image",
+        choices=sorted(DOCKERFILES),
+        default="function",
+        help="which image: the stream's function (Dockerfile, the default) or batch (batch.Dockerfile)",
+    )
+    result.add_argument(
         "--arch",
         choices=sorted(PLATFORMS),
         default=DEFAULT_ARCH,
@@ -386,13 +413,15 @@ def main(argv: Sequence[str] | None = None, run_command: Runner = subprocess.run
             "Commit first, or pass --allow-dirty"
         )
     fingerprint = model_fingerprint(PROJECT_ROOT / model_dir) if model_dir else None
-    tag = image_tag(git_commit(run_command), dirty, fingerprint, arch=args.arch)
+    tag = image_tag(git_commit(run_command), dirty, fingerprint, arch=args.arch, image=args.image)
     require_docker(run_command)
     aws = session(args)
     account = caller_account(aws.client("sts"))
     say(f"account {account}, region {aws.region_name}")
     ecr = aws.client("ecr")
-    image = publish(ecr, args.repository, tag, model_dir, run_command, arch=args.arch)
+    image = publish(
+        ecr, args.repository, tag, model_dir, run_command, arch=args.arch, dockerfile=DOCKERFILES[args.image]
+    )
     scan = scan_result(ecr, args.repository, parse_image_uri(image)["digest"], args.scan_timeout)
     check_scan(scan, args.fail_on, args.repository)
     print(image)

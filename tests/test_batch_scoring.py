@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import batch_scoring
-from batch_output import MIN_PART_BYTES, S3Upload
-from batch_scoring import main, open_trips, score
+from batch import scoring
+from batch.cli import main
+from batch.output import MIN_PART_BYTES, S3Upload
+from batch.scoring import open_trips, score
 from model_service import predict_durations
 from scripts.train import synthetic_trips
 from stream.model_loading import LoadedModel, load_model
@@ -102,7 +103,7 @@ def test_rows_that_cannot_be_predicted_are_kept_with_a_reason_and_counted(
         ),
         **{
             name: pa.array([r[i] for r in rows], pa.float64())
-            for i, name in enumerate(batch_scoring.FEATURE_COLUMNS)
+            for i, name in enumerate(scoring.FEATURE_COLUMNS)
         },
     }
     pq.write_table(pa.table(columns), tmp_path / "dirty.parquet")  # NaN stays NaN, None is null

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import batch_validation
-from batch_validation import ColumnValidation, RowReasons, validate_rows
+from batch import validation as batch_validation
+from batch.validation import ColumnValidation, RowReasons, validate_rows
 from stream.ride_events import TLC_BOUNDS, RideBounds, ride_types
 
 BIG = 2**62

@@ -79,7 +79,7 @@ def test_targets_are_reported_as_met_or_not() -> None:
     assert [ok for name, ok in verdicts.items() if name.startswith("batch")] == [False, True, False, True]
     table = markdown(results)
     assert "| batch scoring ≤ 0.35× the course's way, wall time | 0.38× | NOT met |" in table
-    assert "| `python -m batch_scoring` | 3.00 | 300 |  |" in table
+    assert "| `python -m batch` | 3.00 | 300 |  |" in table
     assert "| imports 2.00 |" in table
     table = markdown(results)
     assert "| peak RSS ≤ 250 MB | 300 MB | NOT met |" in table

@@ -19,7 +19,7 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 
-import batch_scoring
+from batch import cli as batch_cli
 from model_service import build_service, predict_durations
 from scripts.train import synthetic_trips
 from stream.features import (
@@ -199,7 +199,7 @@ def test_a_model_without_signature_gets_the_course_features_and_a_warning(
     assert expected_warning in caplog.messages
     synthetic_trips(10, month=1, seed=1).to_parquet(tmp_path / "trips.parquet")
     capsys.readouterr()
-    code = batch_scoring.main(
+    code = batch_cli.main(
         [
             str(tmp_path / "trips.parquet"),
             str(tmp_path / "out.parquet"),

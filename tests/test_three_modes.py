@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch_scoring import open_trips, score
+from batch.scoring import open_trips, score
 from local_aws.kinesis_events import event_from_payloads
 from model_service import LoggedDeadLetters, ModelService
 from stream.features import FeatureArray, FeatureDicts

@@ -19,7 +19,7 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 
-from batch_scoring import score
+from batch.scoring import score
 from local_aws.kinesis_events import event_from_payloads
 from model_service import LoggedDeadLetters, ModelService, predict_durations
 from scripts.train import TrainedModel, synthetic_trips, train

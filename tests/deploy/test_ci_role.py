@@ -20,11 +20,13 @@ import pytest
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
 
 from scripts import account_stacks
+from scripts.batch_deploy import BATCH_TEMPLATE as BATCH_TEMPLATE_PATH
 from scripts.stack import load_template, run
 
 TEMPLATE = load_template(account_stacks.CI_ROLE_TEMPLATE)
 RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
 STAGE_TEMPLATE = load_template()
+BATCH_TEMPLATE = load_template(BATCH_TEMPLATE_PATH)
 REPOSITORY = "octo-org/ride-duration"
 ACCOUNT = "123456789012"
 
@@ -247,6 +249,7 @@ def test_dev_deploy_role_is_assumable_only_by_jobs_of_the_dev_environment(
         name.rsplit("-", 1)[0] for name in attached_policy_documents(client, roles["DeployRoleArn"])
     )
     assert attached == [
+        "ride-duration-ci-dev-BatchStackPolicy",
         "ride-duration-ci-dev-PipelinePolicy",
         "ride-duration-ci-dev-StageDataPolicy",
         "ride-duration-ci-dev-StageStackPolicy",
@@ -263,7 +266,7 @@ def test_prod_has_no_publish_role_its_own_environment_and_may_read_what_ran_in_d
     condition = trust(client, roles["DeployRoleArn"])["Condition"]["StringEquals"]
     assert condition["token.actions.githubusercontent.com:sub"] == f"repo:{REPOSITORY}:environment:production"
     documents = attached_policy_documents(client, roles["DeployRoleArn"])
-    assert len(documents) == 4
+    assert len(documents) == 5
     promotion = {s["Sid"]: s for d in documents.values() for s in d["Statement"]}
     assert promotion["ReadThePreviousStack"]["Resource"].endswith(":stack/ride-duration-dev/*")
     assert (
@@ -301,6 +304,40 @@ def test_deploy_role_may_do_what_cloudformation_does_for_each_resource_type_of_t
     assert not missing, f"{resource_type}: add to infra/ci-role.yaml's StageStackPolicy: {sorted(missing)}"
 
 
+# What the batch stack uses that the stream stack does not: its bucket's EventBridge notifications
+# and lifecycle rules.
+USED_BY_BATCH = {"s3:PutBucketNotification", "s3:PutLifecycleConfiguration"}
+
+
+@pytest.mark.parametrize(
+    "resource_type", sorted({resource["Type"] for resource in BATCH_TEMPLATE["Resources"].values()})
+)
+def test_deploy_role_may_do_what_cloudformation_does_for_each_resource_type_of_the_batch_stack(
+    resource_type: str,
+) -> None:
+    """A resource type added to infra/batch.yaml fails here until the deploy role may manage it,
+    on the batch stack's names (BatchStackPolicy), or on names both stacks share (the image's
+    repository, the log-group listing)."""
+    excluded = set().union(*NOT_USED_BY_THE_STAGE.values()) - USED_BY_BATCH
+    shared = actions("StageStackPolicy") & {"ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"}
+    granted = actions("BatchStackPolicy") | shared | {"logs:DescribeLogGroups"}
+    missing = handler_permissions(resource_type) - granted - excluded
+    assert not missing, f"{resource_type}: add to infra/ci-role.yaml's BatchStackPolicy: {sorted(missing)}"
+
+
+def test_batch_policy_grants_nothing_the_batch_stack_does_not_need() -> None:
+    needed = set().union(*(handler_permissions(r["Type"]) for r in BATCH_TEMPLATE["Resources"].values()))
+    # Beyond the handlers: the stack itself, and the self-test invocation after an update.
+    pipeline = {
+        "cloudformation:CreateStack",
+        "cloudformation:DescribeStackEvents",
+        "cloudformation:DescribeStacks",
+        "cloudformation:UpdateStack",
+        "lambda:InvokeFunction",
+    }
+    assert actions("BatchStackPolicy") - needed == pipeline
+
+
 def test_deploy_role_grants_nothing_the_stage_does_not_need() -> None:
     needed = set().union(*(handler_permissions(r["Type"]) for r in STAGE_TEMPLATE["Resources"].values()))
     # Beyond the handlers: the stack itself, the function's image, and reads deploy.py makes.
@@ -328,6 +365,7 @@ STAGE_NAMED = re.compile(
     r"|/aws/lambda/ride-duration-\$\{Stage\}|function:ride-duration-\$\{Stage\}|ride-duration-alarms-\$\{Stage\}"
     r"|dashboard/ride-duration-\$\{Stage\}$"
     r"|repository/\$\{RepositoryName\}|stack/ride-duration-\$\{PromoteFromStage\}/\*"
+    r"|ride-duration-batch-\$\{Stage\}|ride-duration-batch-(arrivals|failed)-\$\{Stage\}"
     r"|ride-duration-\$\{PromoteFromStage\}-modelbucket-)"
 )
 # Where AWS offers no resource to name: each is bounded otherwise (see the template's comments).
@@ -341,7 +379,7 @@ UNSCOPED = {
 
 
 @pytest.mark.parametrize(
-    "logical_id", ["PublishRole", "StageStackPolicy", "PipelinePolicy", "PromotionPolicy"]
+    "logical_id", ["PublishRole", "StageStackPolicy", "PipelinePolicy", "PromotionPolicy", "BatchStackPolicy"]
 )
 def test_every_statement_names_this_stages_resources_and_no_action_wildcard(logical_id: str) -> None:
     for statement in statements(logical_id):
@@ -378,6 +416,7 @@ def test_unscoped_statements_are_the_ones_aws_cannot_scope_and_are_bounded() -> 
         ("StageDataPolicy", 6144),
         ("PipelinePolicy", 6144),
         ("PromotionPolicy", 6144),
+        ("BatchStackPolicy", 6144),
         ("PublishRole", 10240),
     ],
 )

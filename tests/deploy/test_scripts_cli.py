@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from scripts import account_stacks, deploy, invoke, promote, publish, replay, rollback, smoke_test
+from scripts import (
+    account_stacks,
+    backfill,
+    batch_deploy,
+    deploy,
+    invoke,
+    promote,
+    publish,
+    replay,
+    rollback,
+    smoke_test,
+)
 from scripts.stack import PROJECT_ROOT, load_template, run
 
 SCRIPTS = {
@@ -22,8 +33,10 @@ SCRIPTS = {
     "promote": promote,
     "account_stacks": account_stacks,
     "rollback": rollback,
+    "batch_deploy": batch_deploy,
+    "backfill": backfill,
 }
-STAGE_SCRIPTS = ["deploy", "smoke_test", "invoke", "rollback"]
+STAGE_SCRIPTS = ["deploy", "smoke_test", "invoke", "rollback", "batch_deploy"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

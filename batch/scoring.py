@@ -1,14 +1,14 @@
 """Batch scoring: TLC trip data (parquet) in, one prediction per trip (parquet) out.
 
-    MODEL_URI=model python -m batch_scoring green_tripdata_2021-01.parquet predictions.parquet
-    python -m batch_scoring s3://bucket/trips.parquet s3://bucket/predictions.parquet   # or: make score
+`score(model, input_uri, output_uri)` scores one file, a local path or s3:// URI; the command
+(`python -m batch INPUT OUTPUT`, batch/cli.py) and the Lambda handler (batch/handler.py) call it.
 
-Reads and writes in chunks (`--chunk-rows`), with ONE model call per chunk, its input built
+Reads and writes in chunks (`chunk_rows`), with ONE model call per chunk, its input built
 as chosen at load (`stream/features.py`, as for the stream and the web service), and the rules
-of `ride_events.Ride` applied by column (`batch_validation.py`), so a trip gets the same
+of `ride_events.Ride` applied by column (`batch/validation.py`), so a trip gets the same
 prediction, or the same reason for none, whichever way it is asked for. Memory holds one chunk
 and one parquet row group of the input, however many row groups the input has (see
-READ_BUFFER_BYTES). As a library: `score(model, input_uri, output_uri)`.
+READ_BUFFER_BYTES).
 
 Output, one row per input row, in input order:
   ride_id               the row's position in the input (0-based): TLC files carry no trip id
@@ -24,16 +24,14 @@ non-finite or too long distance: the bounds are the stream's, `MAX_ZONE_ID` and
 `MAX_TRIP_DISTANCE_MILES`) are kept with a reason, counted, and listed in the summary: never
 dropped silently.
 S3 is read with pyarrow's own S3 client, pointed at boto3's standard endpoint variables, and
-written by `batch_output`, so that the output appears only when the whole run succeeded.
+written by `batch.output`, so that the output appears only when the whole run succeeded.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -49,14 +47,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from batch_output import OutputError, replaced_on_success, s3_location
-from batch_validation import FEATURE_COLUMNS, ColumnValidation
-from model_service import load_configured_model
-from stream.model_loading import LoadedModel, ModelLoadError
+from batch.output import OutputError, replaced_on_success, s3_location
+from batch.validation import FEATURE_COLUMNS, ColumnValidation
+from stream.model_loading import LoadedModel
 from stream.ride_events import TLC_BOUNDS, RideBounds
-from stream.settings import ConfigurationError, Settings
 
 # Green taxi files use lpep_, yellow taxi files tpep_.
 PICKUP_COLUMNS = ("lpep_pickup_datetime", "tpep_pickup_datetime")
@@ -321,20 +316,22 @@ def score(
     on_chunk: Callable[[int], object] | None = None,
     *,
     bounds: RideBounds = TLC_BOUNDS,
+    metadata: Mapping[str, str] | None = None,
 ) -> ScoringSummary:
     """Score every row of `source` (a path or s3:// URI, or a file opened with `open_trips`)
     into `output_uri`; `on_chunk(rows)` after each chunk is written. ScoringError for bad input
-    or output. The output appears (or replaces an older one) only once every row is written."""
+    or output. The output appears (or replaces an older one) only once every row is written.
+    `metadata`: the S3 output object's user metadata (x-amz-meta-*); ignored for a local path."""
     if isinstance(source, str):
         trips = open_trips(source)
         with trips.file:
-            return score(model, trips, output_uri, chunk_rows, on_chunk, bounds=bounds)
+            return score(model, trips, output_uri, chunk_rows, on_chunk, bounds=bounds, metadata=metadata)
     trips = source
     refuse_same_file(trips.uri, output_uri)
     validation = ColumnValidation(bounds)
     summary = ScoringSummary(trips.uri, output_uri, model.info.version)
     started = time.perf_counter()
-    with _parquet_writer(output_uri, trips.output_schema) as writer:
+    with _parquet_writer(output_uri, trips.output_schema, metadata) as writer:
         for batch in trips.chunks(chunk_rows):
             # summary.rows counts the rows before this chunk: the first ride id in it.
             writer.write_table(score_chunk(model, trips, batch, summary.rows, summary, validation=validation))
@@ -345,14 +342,16 @@ def score(
 
 
 @contextmanager
-def _parquet_writer(uri: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A writer whose output appears only if scoring succeeds (batch_output): a run that fails
+def _parquet_writer(
+    uri: str, schema: pa.Schema, metadata: Mapping[str, str] | None = None
+) -> Iterator[pq.ParquetWriter]:
+    """A writer whose output appears only if scoring succeeds (batch.output): a run that fails
     half-way leaves no half-written results, and an older output as it was."""
     if uri.startswith("s3://"):
         _s3_location(uri)
     _refuse_other_schemes(uri)
     try:
-        with replaced_on_success(uri) as sink:
+        with replaced_on_success(uri, metadata) as sink:
             # pyarrow takes a list of columns for use_dictionary; its stubs know only a bool.
             writer = pq.ParquetWriter(sink, schema, use_dictionary=DICTIONARY_COLUMNS)  # type: ignore[arg-type]
             try:
@@ -361,45 +360,3 @@ def _parquet_writer(uri: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
                 writer.close()
     except OutputError as error:  # no such bucket or directory, access denied...
         raise ScoringError(f"{uri}: cannot write: {error}") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Predict ride durations for a TLC trip parquet file (local or s3://).",
-        epilog="The model comes from MODEL_URI (or the function's other model variables).",
-    )
-    parser.add_argument("input", help="TLC trip parquet: a path or s3://bucket/key")
-    parser.add_argument("output", help="predictions parquet: a path or s3://bucket/key")
-    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per model call")
-    parser.add_argument("--model-uri", help="overrides MODEL_URI")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.chunk_rows < 1:
-        parser.error("--chunk-rows must be at least 1")
-    env = {**os.environ, **({"MODEL_URI": args.model_uri} if args.model_uri else {})}
-    # Arrow's default allocator (mimalloc) keeps what a chunk freed: 1,000,000 rows peaked at
-    # 310 MB with it, 255 MB with the system's, in the same time (measured here).
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        refuse_same_file(args.input, args.output)  # before the model loads: fail fast
-        trips = open_trips(args.input)
-        settings = Settings.from_env(env)
-        model = load_configured_model(settings)
-        if model.features.warning:
-            print(f"warning: {model.features.warning}", file=sys.stderr)
-        with (
-            trips.file,
-            tqdm(total=trips.rows, unit="rows", unit_scale=True, disable=args.no_progress) as bar,
-        ):
-            summary = score(
-                model, trips, args.output, args.chunk_rows, on_chunk=bar.update, bounds=settings.ride_bounds
-            )
-    except (ScoringError, ConfigurationError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print("\n".join(summary.lines()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

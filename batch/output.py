@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +56,14 @@ def s3_location(uri: str) -> tuple[str, str]:
 class S3Upload:
     """A write-only file that becomes the S3 object at `key` only when `complete()` is called."""
 
-    def __init__(self, client: S3Client, bucket: str, key: str, part_bytes: int = PART_BYTES) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        part_bytes: int = PART_BYTES,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         if part_bytes < MIN_PART_BYTES:
             raise ValueError(f"S3 parts must be at least {MIN_PART_BYTES} bytes, got {part_bytes}")
         self.client = client
@@ -64,7 +71,10 @@ class S3Upload:
         self.key = key
         self.part_bytes = part_bytes
         try:
-            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+            # The object's user metadata is fixed when the upload starts (x-amz-meta-*).
+            self.upload_id = client.create_multipart_upload(
+                Bucket=bucket, Key=key, Metadata=dict(metadata or {})
+            )["UploadId"]
         except (BotoCoreError, ClientError) as error:
             raise OutputError(str(error)) from error
         self.parts: list[CompletedPartTypeDef] = []
@@ -123,14 +133,15 @@ class S3Upload:
 
 
 @contextmanager
-def replaced_on_success(uri: str) -> Iterator[Any]:
+def replaced_on_success(uri: str, metadata: Mapping[str, str] | None = None) -> Iterator[Any]:
     """A writable file for `uri` (a path or s3://bucket/key) whose content replaces the output
     only if the block succeeds; on any failure the output is left as it was, and the error
-    re-raised. Opening, writing and putting the output in place raise OutputError."""
+    re-raised. Opening, writing and putting the output in place raise OutputError. `metadata`
+    becomes an S3 object's user metadata (a local file has none)."""
     if uri.startswith("s3://"):
         bucket, key = s3_location(uri)
         # boto3's own endpoint variables (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL) apply.
-        upload = S3Upload(aws_client("s3"), bucket, key)
+        upload = S3Upload(aws_client("s3"), bucket, key, metadata=metadata)
         try:
             yield upload
             upload.complete()
