@@ -17,16 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from scripts.deploy import (
-    BUSY,
-    NEEDS_DELETE,
-    StackOperationError,
+    apply_stack,
+    check_updatable,
     key_value,
     stack_parameters,
     template_parameters,
-    wait,
 )
 from scripts.stack import (
     PROJECT_ROOT,
@@ -61,14 +57,7 @@ def deploy_template(
     """Create or update the stack from the template, wait, and return it."""
     before = describe_stack(cloudformation, name)
     if before is not None:
-        status = before["StackStatus"]
-        if status.endswith(BUSY):
-            raise PrerequisiteError(f"stack {name} is {status}: wait for it to finish, then try again")
-        if status in NEEDS_DELETE:
-            raise PrerequisiteError(
-                f"stack {name} is {status} and cannot be updated: delete it with "
-                f"`aws cloudformation delete-stack --stack-name {name}` and try again"
-            )
+        check_updatable(before, name)
     deployed = parameters_of(before) if before is not None else None
     request = {
         "StackName": name,
@@ -78,24 +67,8 @@ def deploy_template(
         "Capabilities": ["CAPABILITY_IAM"],
         "Tags": [{"Key": "project", "Value": "ride-duration"}],
     }
-    if before is None:
-        say(f"creating stack {name} from {template.relative_to(PROJECT_ROOT)}")
-        cloudformation.create_stack(**request)
-        wait(cloudformation, name, "stack_create_complete", max_minutes)
-    else:
-        say(f"updating stack {name} from {template.relative_to(PROJECT_ROOT)}")
-        try:
-            cloudformation.update_stack(**request)
-        except ClientError as error:
-            if "No updates are to be performed" not in str(error):
-                raise
-            say("nothing to change: the stack already has these values")
-            return before
-        wait(cloudformation, name, "stack_update_complete", max_minutes)
-    after = describe_stack(cloudformation, name)
-    if after is None:
-        raise StackOperationError(f"stack {name} is gone")
-    return after
+    source = f" from {template.relative_to(PROJECT_ROOT)}"
+    return apply_stack(cloudformation, name, before, request, max_minutes=max_minutes, source=source)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -328,14 +328,7 @@ def stack_request(
     without AlarmEmail."""
     before = describe_stack(cloudformation, name)
     if before is not None:
-        status = before["StackStatus"]
-        if status.endswith(BUSY):
-            raise PrerequisiteError(f"stack {name} is {status}: wait for it to finish, then deploy again")
-        if status in NEEDS_DELETE:
-            raise PrerequisiteError(
-                f"stack {name} is {status} and cannot be updated: delete it with "
-                f"`aws cloudformation delete-stack --stack-name {name}` and deploy again"
-            )
+        check_updatable(before, name)
     elif not (deployment.image_uri or deployment.zip_package):
         raise PrerequisiteError(
             f"stack {name} does not exist yet: pass --image-uri (what `make publish` printed) or --zip"
@@ -383,24 +376,49 @@ def deploy(
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Create or update the stack and wait; the stack before (None if new) and after."""
     before, request = stack_request(cloudformation, name, stage, deployment, template, sns=sns)
+    return before, apply_stack(cloudformation, name, before, request, max_minutes=max_minutes)
+
+
+def check_updatable(stack: dict[str, Any], name: str) -> None:
+    """A stack being changed, or one CloudFormation can only delete, cannot take an update."""
+    status = stack["StackStatus"]
+    if status.endswith(BUSY):
+        raise PrerequisiteError(f"stack {name} is {status}: wait for it to finish, then try again")
+    if status in NEEDS_DELETE:
+        raise PrerequisiteError(
+            f"stack {name} is {status} and cannot be updated: delete it with "
+            f"`aws cloudformation delete-stack --stack-name {name}` and try again"
+        )
+
+
+def apply_stack(
+    cloudformation: Any,
+    name: str,
+    before: dict[str, Any] | None,
+    request: dict[str, Any],
+    *,
+    max_minutes: int,
+    source: str = "",
+) -> dict[str, Any]:
+    """Create the stack (`before` None) or update it, wait until done, and return it as it is."""
     if before is None:
-        say(f"creating stack {name}")
+        say(f"creating stack {name}{source}")
         cloudformation.create_stack(**request)
         wait(cloudformation, name, "stack_create_complete", max_minutes)
     else:
-        say(f"updating stack {name}")
+        say(f"updating stack {name}{source}")
         try:
             cloudformation.update_stack(**request)
         except ClientError as error:
             if "No updates are to be performed" not in str(error):
                 raise
             say("nothing to change: the stack already has these values")
-            return before, before
+            return before
         wait(cloudformation, name, "stack_update_complete", max_minutes)
     after = describe_stack(cloudformation, name)
     if after is None:  # deleted by someone else since the waiter saw it
         raise StackOperationError(f"stack {name} is gone")
-    return before, after
+    return after
 
 
 def preview(
