@@ -6,6 +6,7 @@ import io
 import math
 import re
 import tracemalloc
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -422,10 +423,11 @@ def test_memory_stays_flat_as_the_input_grows(model: LoadedModel, tmp_path: Path
 
 @pytest.fixture
 def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A fresh bucket; boto3's standard endpoint variable points every client at moto."""
+    """A fresh bucket (a new name each time: an object's id can be reused, so no hash of one);
+    boto3's standard endpoint variable points every client at moto."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)
     client = boto3.client("s3")
-    bucket = f"trips-{abs(hash(monkeypatch)) % 10**8}"
+    bucket = f"trips-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     return client, bucket
 
