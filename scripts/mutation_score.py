@@ -55,7 +55,9 @@ def main() -> int:
     print("mutation score: mutants killed / mutants, per file (results in mutants/)")
     print("\n".join(lines))
     if survivors:
-        print(f"{len(survivors)} survivors (`mutmut show NAME` shows one; docs/testing.md explains those left):")
+        print(
+            f"{len(survivors)} survivors (`mutmut show NAME` shows one; docs/testing.md explains those left):"
+        )
         print("\n".join(f"  {name}" for name in survivors))
     return 0
 
