@@ -205,6 +205,29 @@ def test_report_batch_item_failures_redelivers_from_the_lowest_failure(stream: A
     assert function.batches == [numbers(10), numbers(10)[3:]]
 
 
+def scripted(*answers: Callable[[list[str], list[str]], InvokeResult]) -> ScriptedFunction:
+    """A function answering each invocation with the next answer, then with success."""
+    remaining = iter(answers)
+
+    def answer(payloads: list[str], sequence_numbers: list[str]) -> InvokeResult:
+        return next(remaining, lambda _p, _s: InvokeResult(None))(payloads, sequence_numbers)
+
+    return ScriptedFunction(answer)
+
+
+def item_failure_at(payload: str) -> Callable[[list[str], list[str]], InvokeResult]:
+    return lambda p, s: InvokeResult({"batchItemFailures": [{"itemIdentifier": s[p.index(payload)]}]})
+
+
+def test_several_reported_failures_redeliver_from_the_lowest_whatever_their_order(stream: Any) -> None:
+    put(stream, *numbers(10))
+    function = scripted(
+        lambda _p, s: InvokeResult({"batchItemFailures": [{"itemIdentifier": s[i]} for i in (5, 3, 7)]})
+    )
+    drain(poller(stream, function, BatchSize=10, FunctionResponseTypes=["ReportBatchItemFailures"]))
+    assert function.batches == [numbers(10), numbers(10)[3:]]
+
+
 def test_item_failures_are_ignored_unless_the_mapping_reports_them(stream: Any) -> None:
     put(stream, *numbers(10))
     function = ScriptedFunction(fail_once_at("3"))
@@ -288,6 +311,58 @@ def test_unbounded_retries_keep_the_shard_blocked(stream: Any) -> None:
     for _ in range(20):
         p.step()
     assert function.batches == [["poison", "next"]] * 20
+
+
+def test_progress_restarts_the_attempt_count_of_the_records_still_failing(
+    stream: Any, queue: tuple[Any, str]
+) -> None:
+    sequence_numbers = put(stream, *numbers(15))
+    # A function error (attempt 1); "0"-"2" done, "3" fails (progress: attempt 1 of a new
+    # batch, so one retry is left); the batch from "3" fails whole (attempt 2): given up on.
+    function = scripted(always_error, item_failure_at("3"), always_error)
+    p = poller(
+        stream,
+        function,
+        sqs_destination(),
+        BatchSize=10,
+        MaximumRetryAttempts=1,
+        FunctionResponseTypes=["ReportBatchItemFailures"],
+    )
+    drain(p)
+    assert function.batches == [numbers(10), numbers(10), numbers(13)[3:], ["13", "14"]]
+    [failure] = received(queue)
+    assert failure["requestContext"]["approximateInvokeCount"] == 2
+    info = failure["KinesisBatchInfo"]
+    assert (info["startSequenceNumber"], info["endSequenceNumber"], info["batchSize"]) == (
+        sequence_numbers[3],
+        sequence_numbers[12],
+        10,
+    )
+
+
+def test_exhausted_retries_after_progress_discard_from_the_lowest_failure_and_deliver_what_follows(
+    stream: Any, queue: tuple[Any, str]
+) -> None:
+    sequence_numbers = put(stream, *numbers(15))
+    function = scripted(item_failure_at("3"))
+    p = poller(
+        stream,
+        function,
+        sqs_destination(),
+        BatchSize=10,
+        MaximumRetryAttempts=0,
+        FunctionResponseTypes=["ReportBatchItemFailures"],
+    )
+    drain(p)
+    assert function.batches == [numbers(10), numbers(15)[10:]]  # "0"-"2" done, "3"-"9" discarded
+    [failure] = received(queue)
+    info = failure["KinesisBatchInfo"]
+    assert (info["startSequenceNumber"], info["endSequenceNumber"], info["batchSize"]) == (
+        sequence_numbers[3],
+        sequence_numbers[9],
+        7,
+    )
+    assert p.stats.records_discarded == 7
 
 
 def test_bisect_isolates_the_failing_record_without_using_retries(

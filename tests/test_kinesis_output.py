@@ -41,6 +41,19 @@ def test_chunks_respect_the_5_mib_limit() -> None:
     assert [len(c) for c in chunks] == [5, 5, 2]
 
 
+def test_the_partition_keys_bytes_count_toward_the_5_mib_of_a_call() -> None:
+    # Six records of 873,400 data bytes fit in one call's 5 MiB (5,240,400 bytes) on their own;
+    # with a 256-character key of 2-byte characters each (512 bytes, 5,243,472 in all) only five
+    # do. Counting the key's characters instead of its bytes would let six through too.
+    keyed = [OutputRecord(b"x" * 873_400, "é" * MAX_PARTITION_KEY_CHARS, i) for i in range(12)]
+    assert 6 * 873_400 <= MAX_BYTES_PER_CALL < 6 * (873_400 + 512)
+
+    chunks = list(chunk_records(keyed))
+
+    assert [len(c) for c in chunks] == [5, 5, 2]
+    assert [r.source for c in chunks for r in c] == list(range(12))
+
+
 class ScriptedKinesis:
     """PutRecords that rejects the entries a script names, per call, and records each call."""
 

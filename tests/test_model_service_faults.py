@@ -187,6 +187,21 @@ def test_a_write_no_retry_cures_raises_naming_it_even_when_predictions_were_writ
     assert len(calls) == 2  # one for the predictions, one for the dead letter: no retries
 
 
+def test_a_record_to_retry_without_a_sequence_number_fails_the_whole_batch(
+    streams: Any, model: LoadedModel
+) -> None:
+    # Lambda reads an empty itemIdentifier as "the whole batch failed": say so by raising.
+    dead_letters_throttled = ThrottlingKinesis(streams, lambda stream, _d, _a: stream == "dead_letters")
+    service = service_with(streams, model, RecordingLog(), dead_letter_client=dead_letters_throttled)
+    event = event_from_payloads([ride(1), ride(2)])
+    del event["Records"][1]["kinesis"]["sequenceNumber"]  # poison, and its dead letter is not stored
+
+    with pytest.raises(BatchRetryError, match=r"1 of 2 records failed: dead letter not stored: Provisioned"):
+        service.handle(event)
+
+    assert ride_ids(streams) == [1]
+
+
 # -- entries Kinesis would refuse -----------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import pytest
 from local_aws.kinesis_events import event_from_payloads
 from stream.ride_events import (
     MAX_DEAD_LETTER_DATA_CHARS,
+    MAX_PARTITION_KEY_LENGTH,
     MAX_TRIP_DISTANCE_MILES,
     MAX_ZONE_ID,
     DeadLetter,
@@ -24,6 +25,10 @@ from stream.ride_events import (
 COURSE_RIDE = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 256}
 
 
+_COURSE_RIDE_BASE64 = base64.b64encode(json.dumps(COURSE_RIDE).encode()).decode()
+LAX_BASE64 = _COURSE_RIDE_BASE64[:8] + "!" + _COURSE_RIDE_BASE64[8:]
+
+
 def record_of(payload: bytes) -> KinesisRecord:
     return KinesisRecord.from_raw(event_from_payloads([payload])["Records"][0])
 
@@ -32,6 +37,14 @@ def test_course_format_decodes() -> None:
     event = decode_ride_event(record_of(json.dumps(COURSE_RIDE).encode()))
     assert (event.ride.PULocationID, event.ride.DOLocationID, event.ride.trip_distance) == (130, 205, 3.66)
     assert event.ride_id == 256
+
+
+def test_a_ride_id_as_long_as_a_partition_key_may_be_is_accepted_and_keys_the_prediction() -> None:
+    ride_id = "r" * MAX_PARTITION_KEY_LENGTH
+    event = decode_ride_event(record_of(json.dumps({**COURSE_RIDE, "ride_id": ride_id}).encode()))
+    model = ModelInfo(uri="models:/ride-duration/3", version="3", run_id="abc")
+    assert event.ride_id == ride_id
+    assert PredictionEvent(event.ride_id, 21.3, model, {}).partition_key == ride_id
 
 
 def test_extra_fields_are_ignored_and_string_ids_kept() -> None:
@@ -50,6 +63,8 @@ def test_extra_fields_are_ignored_and_string_ids_kept() -> None:
         (base64.b64encode(b"Hello, this is a test.").decode(), "data is not JSON"),
         (base64.b64encode(b"[1, 2]").decode(), "invalid ride event: event: Input should be an object"),
         (base64.b64encode(b"").decode(), "data is not JSON"),
+        # Valid but for one stray character, which a lax decoder would skip over.
+        (LAX_BASE64, "data is not valid base64: Only base64 data is allowed"),
     ],
 )
 def test_undecodable_data_names_the_step_that_failed(data: str, reason: str) -> None:
@@ -71,6 +86,10 @@ def test_undecodable_data_names_the_step_that_failed(data: str, reason: str) -> 
         (
             {"ride": {**COURSE_RIDE["ride"], "PULocationID": 0}},
             "ride.PULocationID: Input should be greater than 0",
+        ),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "DOLocationID": 0}},
+            "ride.DOLocationID: Input should be greater than 0",
         ),
         (
             {"ride": {**COURSE_RIDE["ride"], "DOLocationID": "205"}},
