@@ -7,11 +7,13 @@ decide what the function answers. The real function runs under it in integration
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from local_aws.event_source_mapping import (
     MappingConfigError,
     MappingStats,
     ShardPoller,
+    lambda_invoker,
 )
 from tests.conftest import create_stream
 
@@ -302,6 +305,27 @@ def test_function_errors_retry_the_batch_up_to_maximum_retry_attempts_then_disca
     )
     assert info["shardId"] == SHARD
     assert p.stats.records_discarded == 2
+    assert_on_failure_record_shape(failure, {"statusCode": 200, "functionError": "Unhandled"})
+
+
+ISO_MILLISECONDS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def assert_on_failure_record_shape(failure: dict[str, Any], response: dict[str, Any]) -> None:
+    """What AWS sends a Kinesis mapping's on-failure destination, field by field."""
+    assert set(failure) == {"requestContext", "responseContext", "version", "timestamp", "KinesisBatchInfo"}
+    assert failure["version"] == "1.0"
+    assert re.fullmatch(ISO_MILLISECONDS, failure["timestamp"])
+    context = failure["requestContext"]
+    assert re.fullmatch(r"[0-9a-f-]{36}", context["requestId"])
+    assert context["functionArn"] == "arn:aws:lambda:us-east-1:123456789012:function:ride-duration-prediction"
+    assert failure["responseContext"] == {"executedVersion": "$LATEST", **response}
+    info = failure["KinesisBatchInfo"]
+    assert info["streamArn"] == "arn:aws:kinesis:us-east-1:123456789012:stream/rides"
+    first, last = info["approximateArrivalOfFirstRecord"], info["approximateArrivalOfLastRecord"]
+    assert re.fullmatch(ISO_MILLISECONDS, first)
+    assert re.fullmatch(ISO_MILLISECONDS, last)
+    assert first <= last
 
 
 def test_unbounded_retries_keep_the_shard_blocked(stream: Any) -> None:
@@ -418,6 +442,8 @@ def test_records_older_than_maximum_record_age_are_discarded_without_invoking(
     assert failure["requestContext"]["condition"] == "RecordAgeExceeded"
     assert failure["KinesisBatchInfo"]["startSequenceNumber"] == sequence_numbers[0]
     assert failure["KinesisBatchInfo"]["batchSize"] == 2
+    assert failure["requestContext"]["approximateInvokeCount"] == 0
+    assert_on_failure_record_shape(failure, {"statusCode": 0, "functionError": ""})  # never invoked
 
 
 def test_fresh_records_are_not_discarded_for_age(stream: Any) -> None:
@@ -434,10 +460,100 @@ def test_an_s3_destination_also_gets_the_invocation_payload(stream: Any) -> None
     destination = FailureDestination("arn:aws:s3:::failures", {"s3": s3}.__getitem__)
     drain(poller(stream, ScriptedFunction(always_error), destination, MaximumRetryAttempts=0))
     [obj] = s3.list_objects_v2(Bucket="failures")["Contents"]
-    assert obj["Key"].startswith(f"aws/lambda/local-mapping/{SHARD}/")
+    # Keyed by shard and day, as AWS's own destination objects are.
+    assert re.fullmatch(rf"aws/lambda/local-mapping/{SHARD}/\d{{4}}/\d\d/\d\d/[0-9a-f-]{{36}}", obj["Key"])
     stored = json.loads(s3.get_object(Bucket="failures", Key=obj["Key"])["Body"].read())
     assert stored["requestContext"]["condition"] == "RetryAttemptsExhausted"
     assert json.loads(stored["payload"])["Records"][0]["kinesis"]["data"] == base64.b64encode(b"a").decode()
+
+
+def test_records_discarded_unread_reach_s3_without_a_payload(stream: Any) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="failures")
+    put(stream, "stale")
+    destination = FailureDestination("arn:aws:s3:::failures", {"s3": s3}.__getitem__)
+    clock = lambda: time.time() + 120  # noqa: E731
+    drain(poller(stream, ScriptedFunction(), destination, MaximumRecordAgeInSeconds=60, clock=clock))
+    [obj] = s3.list_objects_v2(Bucket="failures")["Contents"]
+    stored = json.loads(s3.get_object(Bucket="failures", Key=obj["Key"])["Body"].read())
+    assert stored["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert "payload" not in stored  # no invocation was made
+
+
+def test_an_sns_destination_publishes_the_record_to_its_topic(stream: Any) -> None:
+    sns = boto3.client("sns", region_name="us-east-1")
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    topic = sns.create_topic(Name="mapping-failures")["TopicArn"]
+    url = sqs.create_queue(QueueName="topic-reader")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"}
+    )
+    sequence_numbers = put(stream, "a")
+    destination = FailureDestination(topic, {"sns": sns}.__getitem__)
+    drain(poller(stream, ScriptedFunction(always_error), destination, MaximumRetryAttempts=0))
+    [message] = sqs.receive_message(QueueUrl=url)["Messages"]
+    record = json.loads(message["Body"])
+    assert record["KinesisBatchInfo"]["startSequenceNumber"] == sequence_numbers[0]
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+
+
+def test_an_unknown_destination_service_is_named_and_its_records_kept(stream: Any) -> None:
+    put(stream, "a")
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:elsewhere"
+    p = poller(
+        stream,
+        ScriptedFunction(always_error),
+        FailureDestination(arn, {}.__getitem__),
+        MaximumRetryAttempts=0,
+    )
+    with pytest.raises(MappingConfigError, match=f"on-failure destination must be SQS, SNS or S3, got {arn}"):
+        p.destination.send({}, None)
+    p.step()
+    assert (p.stats.destination_failures, p.stats.records_discarded, len(p.lanes[0].buffer)) == (1, 0, 1)
+
+
+class RaisingLambda:
+    def invoke(self, **_: Any) -> dict[str, Any]:
+        raise ConnectionRefusedError("connection refused")
+
+
+class AnsweringLambda:
+    def __init__(self, payload: bytes, function_error: str | None = None) -> None:
+        self.payload, self.function_error = payload, function_error
+        self.calls: list[dict[str, Any]] = []
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        response: dict[str, Any] = {"StatusCode": 200, "Payload": io.BytesIO(self.payload)}
+        if self.function_error:
+            response["FunctionError"] = self.function_error
+        return response
+
+
+def test_an_invoke_that_raises_is_a_function_error_named_like_lambdas() -> None:
+    result = lambda_invoker(RaisingLambda(), "f")({"Records": []})
+    assert result == InvokeResult(
+        {"errorMessage": "connection refused", "errorType": "ConnectionRefusedError"}, "Unhandled", 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "function_error", "expected"),
+    [
+        (b'{"batchItemFailures": []}', None, {"batchItemFailures": []}),
+        (b"", None, None),
+        (b"not json \xff", None, "not json \ufffd"),
+        (b'{"errorMessage": "boom"}', "Unhandled", {"errorMessage": "boom"}),
+    ],
+)
+def test_the_lambda_invoker_sends_the_event_and_reads_the_answer(
+    payload: bytes, function_error: str | None, expected: Any
+) -> None:
+    client = AnsweringLambda(payload, function_error)
+    result = lambda_invoker(client, "ride-duration")({"Records": [{"n": 1}]})
+    assert result == InvokeResult(expected, function_error, 200)
+    assert client.calls == [{"FunctionName": "ride-duration", "Payload": b'{"Records": [{"n": 1}]}'}]
 
 
 def test_the_mapping_polls_every_shard_in_threads_and_stops_cleanly(kinesis: Any) -> None:
@@ -468,6 +584,26 @@ def test_the_mapping_polls_every_shard_in_threads_and_stops_cleanly(kinesis: Any
     mapping.stop()
     assert sorted(seen, key=int) == numbers(30)
     assert not any(thread.is_alive() for thread in mapping._threads)
+
+
+def test_settings_in_the_cli_input_json_form_are_read() -> None:
+    """`aws lambda create-event-source-mapping --cli-input-json`: its own keys are ignored, the
+    response types become a tuple, a datetime timestamp becomes epoch seconds."""
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    config = MappingConfig.from_dict(
+        {
+            "FunctionName": "ride-duration",
+            "EventSourceArn": "arn:aws:kinesis:us-east-1:123456789012:stream/rides",
+            "Enabled": True,
+            "UUID": "x",
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "StartingPosition": "AT_TIMESTAMP",
+            "StartingPositionTimestamp": at,
+        }
+    )
+    assert config.FunctionResponseTypes == ("ReportBatchItemFailures",)
+    assert config.reports_item_failures
+    assert config.StartingPositionTimestamp == at.timestamp()
 
 
 @pytest.mark.parametrize(

@@ -239,7 +239,11 @@ def test_entries_over_kinesis_limits_are_refused_and_their_neighbours_written(ki
     too_big = OutputRecord(b"x" * (MAX_BYTES_PER_RECORD - 1), "ab", "too big")
     no_key = OutputRecord(b"{}", "", "no key")
     long_key = OutputRecord(b"{}", "k" * (MAX_PARTITION_KEY_CHARS + 1), "long key")
-    result = KinesisStreamWriter(kinesis, "out").put([good[0], too_big, good[1], no_key, long_key, good[2]])
+    # Its key is as long as a key may be: only its size is wrong.
+    big_keyed = OutputRecord(b"x" * (MAX_BYTES_PER_RECORD - 200), "k" * MAX_PARTITION_KEY_CHARS, "big")
+    result = KinesisStreamWriter(kinesis, "out").put(
+        [good[0], too_big, good[1], no_key, long_key, big_keyed, good[2]]
+    )
     assert result.calls == 1
     assert result.failed == []
     assert sorted(r["n"] for r in read_stream(kinesis, "out")) == [0, 1, 2]
@@ -247,6 +251,7 @@ def test_entries_over_kinesis_limits_are_refused_and_their_neighbours_written(ki
         "too big": "output record is 1,048,577 bytes with its partition key, over Kinesis's 1,048,576-byte limit",
         "no key": "output partition key is 0 characters long, Kinesis takes 1-256",
         "long key": "output partition key is 257 characters long, Kinesis takes 1-256",
+        "big": "output record is 1,048,632 bytes with its partition key, over Kinesis's 1,048,576-byte limit",
     }
     assert not any(f.retryable for f in result.refused)
 

@@ -60,7 +60,10 @@ def test_extra_fields_are_ignored_and_string_ids_kept() -> None:
     [
         ("not base64 at all!", "data is not valid base64"),
         (base64.b64encode(b"\xff\xfe\x00").decode(), "data is not UTF-8: byte 0xff at offset 0"),
-        (base64.b64encode(b"Hello, this is a test.").decode(), "data is not JSON"),
+        (
+            base64.b64encode(b"Hello, this is a test.").decode(),
+            "^data is not JSON: expected value at line 1 column 1$",
+        ),
         (base64.b64encode(b"[1, 2]").decode(), "invalid ride event: event: Input should be an object"),
         (base64.b64encode(b"").decode(), "data is not JSON"),
         # Valid but for one stray character, which a lax decoder would skip over.
@@ -189,6 +192,15 @@ def test_dead_letter_keeps_raw_data_reason_and_position() -> None:
     assert letter["source"]["sequence_number"] == record.sequence_number
     assert letter["source"]["shard_id"] == "shardId-000000000000"
     assert letter["partition_key"] == "key-0"
+    assert letter["approximate_arrival_timestamp"] == record.approximate_arrival_timestamp > 0
+
+
+def test_dead_letter_data_is_cut_only_past_the_limit() -> None:
+    letter = DeadLetter(record_of(b"Hello, this is a test."), "data is not JSON")
+    whole = letter.to_dict(max_data_chars=len(letter.record.data))
+    cut = letter.to_dict(max_data_chars=len(letter.record.data) - 1)
+    assert (whole["data"], whole["data_truncated"]) == (letter.record.data, False)
+    assert (cut["data"], cut["data_truncated"]) == (letter.record.data[:-1], True)
 
 
 def test_dead_letter_of_a_huge_record_fits_in_one_kinesis_record() -> None:
