@@ -74,6 +74,7 @@ def poller(
     function: ScriptedFunction,
     destination: FailureDestination | None = None,
     clock: Callable[[], float] = time.time,
+    retry_delay: float = 0,
     **settings: Any,
 ) -> ShardPoller:
     config = MappingConfig.from_dict({"StartingPosition": "TRIM_HORIZON", **settings})
@@ -86,7 +87,7 @@ def poller(
         destination=destination or FailureDestination(None, lambda _s: None),
         stats=MappingStats(),
         stop=threading.Event(),
-        retry_delay=0,
+        retry_delay=retry_delay,
         clock=clock,
     )
 
@@ -387,6 +388,53 @@ def test_exhausted_retries_after_progress_discard_from_the_lowest_failure_and_de
         7,
     )
     assert p.stats.records_discarded == 7
+
+
+def waits(p: ShardPoller, steps: int) -> list[float]:
+    """The pause before each next try, after each of `steps` failing steps (not waited out)."""
+    pauses = []
+    for _ in range(steps):
+        p.step()
+        pauses.append(round(p.lanes[0].not_before - time.monotonic(), 1))
+        p.lanes[0].not_before = 0.0  # try again now
+    return pauses
+
+
+def test_retries_back_off_exponentially_up_to_a_ceiling(stream: Any) -> None:
+    put(stream, "a")
+    p = poller(stream, ScriptedFunction(always_error), retry_delay=1.0)
+    assert waits(p, 5) == [1.0, 2.0, 4.0, event_source_mapping.MAX_RETRY_DELAY, 5.0]
+
+
+def test_failed_destination_sends_back_off_exponentially_up_to_a_ceiling(stream: Any) -> None:
+    put(stream, "a")
+    p = poller(
+        stream,
+        ScriptedFunction(always_error),
+        unreachable_destination(),
+        retry_delay=4.0,
+        MaximumRetryAttempts=0,
+    )
+    assert waits(p, 5) == [4.0, 8.0, 16.0, event_source_mapping.MAX_SEND_RETRY_DELAY, 30.0]
+    assert p.stats.destination_failures == 5
+
+
+class UnreachableQueue:
+    def get_queue_url(self, **_: Any) -> dict[str, Any]:
+        raise ConnectionRefusedError("connection refused")
+
+
+def unreachable_destination() -> FailureDestination:
+    return FailureDestination("arn:aws:sqs:us-east-1:123456789012:gone", lambda _service: UnreachableQueue())
+
+
+def test_a_batch_stays_within_the_6_mb_invoke_payload(stream: Any) -> None:
+    # 1,000,000 bytes is 1,333,336 of base64: four such records fit in an event, a fifth would not.
+    put(stream, *[str(i) * 1_000_000 for i in range(6)])
+    function = ScriptedFunction()
+    drain(poller(stream, function, BatchSize=10))
+    assert [len(batch) for batch in function.batches] == [4, 2]
+    assert all(len(json.dumps(event)) <= event_source_mapping.MAX_INVOKE_PAYLOAD for event in function.events)
 
 
 def test_bisect_isolates_the_failing_record_without_using_retries(
