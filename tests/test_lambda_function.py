@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,9 @@ def import_function(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         sys.modules.pop("lambda_function", None)
+        # A new container has no logger yet. Powertools keeps one per service name, writing to
+        # the stdout of when it was made: an earlier test's captured output, in any order.
+        logging.Logger.manager.loggerDict.pop("ride-duration-prediction", None)
         return importlib.import_module("lambda_function")
 
     yield do_import
