@@ -127,6 +127,26 @@ def test_events_have_the_aws_shape(stream: Any) -> None:
     assert record["eventSourceARN"] == "arn:aws:kinesis:us-east-1:123456789012:stream/rides"
     assert isinstance(record["kinesis"]["approximateArrivalTimestamp"], float)
     assert base64.b64decode(record["kinesis"]["data"]) == b'{"ride_id": 1}'
+    assert record["kinesis"]["partitionKey"] == "k"
+    assert record["awsRegion"] == "us-east-1"
+
+
+def test_events_name_the_region_of_the_stream(kinesis: Any) -> None:
+    create_stream(kinesis, "rides")
+    put(kinesis, "a")
+    function = ScriptedFunction()
+    config = MappingConfig(StartingPosition="TRIM_HORIZON")
+    stats = MappingStats()
+    destination = FailureDestination(None, lambda _s: None)
+    p = ShardPoller(
+        kinesis, "rides", SHARD, config=config, invoke=function, destination=destination, stats=stats,
+        stop=threading.Event(), region="eu-west-1",
+    )  # fmt: skip
+    drain(p)
+    [record] = function.events[0]["Records"]
+    assert record["awsRegion"] == "eu-west-1"
+    assert record["eventSourceARN"] == "arn:aws:kinesis:eu-west-1:123456789012:stream/rides"
+    assert (stats.invocations, stats.records_delivered) == (1, 1)
 
 
 def test_starting_position_latest_skips_what_was_there(stream: Any) -> None:
@@ -202,11 +222,15 @@ def fail_once_at(payload: str) -> Callable[[list[str], list[str]], InvokeResult]
     return answer
 
 
-def test_report_batch_item_failures_redelivers_from_the_lowest_failure(stream: Any) -> None:
+@pytest.mark.parametrize("failing", [3, 1, 0])
+def test_report_batch_item_failures_redelivers_from_the_lowest_failure(stream: Any, failing: int) -> None:
     put(stream, *numbers(10))
-    function = ScriptedFunction(fail_once_at("3"))
-    drain(poller(stream, function, BatchSize=10, FunctionResponseTypes=["ReportBatchItemFailures"]))
-    assert function.batches == [numbers(10), numbers(10)[3:]]
+    function = ScriptedFunction(fail_once_at(str(failing)))
+    p = poller(stream, function, BatchSize=10, FunctionResponseTypes=["ReportBatchItemFailures"])
+    drain(p)
+    assert function.batches == [numbers(10), numbers(10)[failing:]]
+    assert (p.stats.invocations, p.stats.partial_failures, p.stats.function_errors) == (2, 1, 0)
+    assert p.stats.records_delivered == 20 - failing
 
 
 def scripted(*answers: Callable[[list[str], list[str]], InvokeResult]) -> ScriptedFunction:
@@ -306,6 +330,8 @@ def test_function_errors_retry_the_batch_up_to_maximum_retry_attempts_then_disca
     )
     assert info["shardId"] == SHARD
     assert p.stats.records_discarded == 2
+    assert p.stats.discarded_batches == [failure]
+    assert (p.stats.invocations, p.stats.function_errors, p.stats.records_delivered) == (4, 3, 7)
     assert_on_failure_record_shape(failure, {"statusCode": 200, "functionError": "Unhandled"})
 
 
@@ -499,6 +525,19 @@ def test_records_older_than_maximum_record_age_are_discarded_without_invoking(
     assert_on_failure_record_shape(failure, {"statusCode": 0, "functionError": ""})  # never invoked
 
 
+def test_only_the_records_past_the_age_limit_are_discarded(stream: Any, queue: tuple[Any, str]) -> None:
+    put(stream, "stale")
+    time.sleep(0.02)  # moto stamps arrivals in milliseconds
+    cut = time.time()
+    time.sleep(0.02)
+    put(stream, "fresh")
+    function = ScriptedFunction()
+    drain(poller(stream, function, sqs_destination(), MaximumRecordAgeInSeconds=60, clock=lambda: cut + 60))
+    assert function.batches == [["fresh"]]
+    [failure] = received(queue)
+    assert failure["KinesisBatchInfo"]["batchSize"] == 1
+
+
 def test_fresh_records_are_not_discarded_for_age(stream: Any) -> None:
     put(stream, "fresh")
     function = ScriptedFunction()
@@ -657,6 +696,48 @@ def test_settings_in_the_cli_input_json_form_are_read() -> None:
     assert config.FunctionResponseTypes == ("ReportBatchItemFailures",)
     assert config.reports_item_failures
     assert config.StartingPositionTimestamp == at.timestamp()
+
+
+@pytest.mark.parametrize(
+    ("setting", "lowest", "highest", "message"),
+    [
+        ("BatchSize", 1, 10_000, "BatchSize must be 1-10000"),
+        ("MaximumBatchingWindowInSeconds", 0, 300, "MaximumBatchingWindowInSeconds must be 0-300"),
+        ("MaximumRetryAttempts", -1, 10_000, "MaximumRetryAttempts must be -1-10000"),
+        ("MaximumRecordAgeInSeconds", 60, 604_800, "MaximumRecordAgeInSeconds must be -1 or 60-604800"),
+        ("ParallelizationFactor", 1, 10, "ParallelizationFactor must be 1-10"),
+    ],
+)
+def test_settings_take_aws_ranges_bounds_included(
+    setting: str, lowest: int, highest: int, message: str
+) -> None:
+    for value in (lowest, highest):
+        assert getattr(MappingConfig.from_dict({setting: value}), setting) == value
+    for value in (lowest - 1, highest + 1):
+        with pytest.raises(MappingConfigError) as raised:
+            MappingConfig.from_dict({setting: value})
+        assert str(raised.value) == message
+
+
+def test_an_unknown_starting_position_is_named() -> None:
+    with pytest.raises(MappingConfigError) as raised:
+        MappingConfig(StartingPosition="EARLIEST")
+    assert str(raised.value) == "StartingPosition must be LATEST, TRIM_HORIZON or AT_TIMESTAMP"
+
+
+def test_the_mapping_describes_the_settings_that_differ_from_the_defaults(stream: Any) -> None:
+    config = MappingConfig(BatchSize=10, FunctionResponseTypes=("ReportBatchItemFailures",))
+    mapping = EventSourceMapping(stream, "rides", ScriptedFunction(), config)
+    assert mapping.describe() == {
+        "BatchSize": 10,
+        "MaximumBatchingWindowInSeconds": 0,
+        "StartingPosition": "LATEST",
+        "FunctionResponseTypes": ("ReportBatchItemFailures",),
+        "BisectBatchOnFunctionError": False,
+        "MaximumRetryAttempts": -1,
+        "MaximumRecordAgeInSeconds": -1,
+        "ParallelizationFactor": 1,
+    }
 
 
 @pytest.mark.parametrize(
