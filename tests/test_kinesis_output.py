@@ -101,8 +101,21 @@ def test_persistent_rejections_are_returned_with_their_error_after_bounded_attem
     result = writer(client, sleeps, attempts=4).put(records(3))
     assert len(client.calls) == 4
     assert [f.record.partition_key for f in result.failed] == ["k2"]
-    assert result.failed[0].error.startswith("ProvisionedThroughputExceededException")
+    assert result.failed[0].error == "ProvisionedThroughputExceededException: Rate exceeded"
     assert sorted(r.partition_key for r in result.written) == ["k0", "k1"]
+
+
+class FailsEntriesWithoutAMessage:
+    def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        return {
+            "FailedRecordCount": len(Records),
+            "Records": [{"ErrorCode": "InternalFailure"} for _ in Records],
+        }
+
+
+def test_a_rejected_entry_without_a_message_is_named_by_its_code() -> None:
+    result = writer(FailsEntriesWithoutAMessage(), [], attempts=1).put(records(1))
+    assert [f.error for f in result.failed] == ["InternalFailure"]
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
@@ -143,6 +156,7 @@ def client_error(code: str, status: int) -> ClientError:
         client_error("ThrottlingException", 400),
         client_error("KMSThrottlingException", 400),
         client_error("InternalFailure", 500),
+        client_error("InternalServerError", 500),  # any 5xx, whatever its code
         client_error("ServiceUnavailable", 503),
         client_error("502", 502),
     ],

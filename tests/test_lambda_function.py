@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -68,9 +69,20 @@ def test_handler_turns_a_course_event_into_a_course_prediction(
         1,
         0,
     )
+    assert (summary["kinesis_records"], summary["skipped_as_duplicate"], summary["put_records_calls"]) == (
+        2,
+        0,
+        1,
+    )
     assert summary["function_request_id"] == FakeLambdaContext.aws_request_id
     [loaded] = [entry for entry in logs if entry["message"] == "model loaded"]
     assert loaded["model_uri"] == str(model_dir)
+    assert loaded["model_version"] == prediction["version"]
+    assert loaded["flavor"] == "sklearn/pickle"
+    assert loaded["features"] == function.service.model.features.describe()
+    assert re.fullmatch(r"passed on \d+ .+", loaded["self_test"])
+    timings = {name: loaded[name] for name in ("fetch_s", "deserialise_s", "contract_s", "self_test_s")}
+    assert all(value == round(value, 4) for value in timings.values())
 
 
 def test_init_fails_naming_the_model_uri_when_the_model_cannot_load(
