@@ -725,6 +725,30 @@ def test_an_unknown_starting_position_is_named() -> None:
     assert str(raised.value) == "StartingPosition must be LATEST, TRIM_HORIZON or AT_TIMESTAMP"
 
 
+def test_the_mapping_sends_discarded_batches_to_its_configured_destination(
+    stream: Any, queue: tuple[Any, str]
+) -> None:
+    sequence_numbers = put(stream, "a")
+    clients = {"sqs": boto3.client("sqs", region_name="us-east-1")}
+    config = MappingConfig.from_dict(
+        {
+            "StartingPosition": "TRIM_HORIZON",
+            "MaximumRetryAttempts": 1,
+            "DestinationConfig": {
+                "OnFailure": {"Destination": "arn:aws:sqs:us-east-1:123456789012:mapping-failures"}
+            },
+        }
+    )
+    function = ScriptedFunction(always_error)
+    mapping = EventSourceMapping(
+        stream, "rides", function, config, clients=clients.__getitem__, retry_delay=0
+    )
+    drain(mapping.pollers[SHARD])
+    assert function.batches == [["a"], ["a"]]
+    [failure] = received(queue)
+    assert failure["KinesisBatchInfo"]["startSequenceNumber"] == sequence_numbers[0]
+
+
 def test_the_mapping_describes_the_settings_that_differ_from_the_defaults(stream: Any) -> None:
     config = MappingConfig(BatchSize=10, FunctionResponseTypes=("ReportBatchItemFailures",))
     mapping = EventSourceMapping(stream, "rides", ScriptedFunction(), config)
