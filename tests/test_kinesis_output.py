@@ -92,7 +92,18 @@ def test_only_rejected_entries_are_resent_until_accepted() -> None:
     assert sorted(r.partition_key for r in result.written) == sorted(client.stored)
     assert result.failed == []
     assert result.calls == 3
-    assert len(sleeps) == 2
+    policy, rng = RetryPolicy(max_attempts=4, base_delay=0.1, max_delay=0.25), random.Random(7)
+    assert sleeps == [policy.delay(1, rng), policy.delay(2, rng)]  # retry 1, then retry 2
+
+
+def test_records_of_exactly_the_limits_go_whole_and_together() -> None:
+    # Five entries of exactly 1 MiB with their keys: each may be sent, and all five in one call.
+    exact = [OutputRecord(b"x" * (MAX_BYTES_PER_RECORD - 2), f"k{i}", i) for i in range(5)]
+    assert sum(r.size for r in exact) == MAX_BYTES_PER_CALL
+    assert [len(c) for c in chunk_records(exact)] == [5]
+    client = ScriptedKinesis([])
+    result = writer(client, []).put(exact)
+    assert (result.refused, len(result.written), result.calls) == ([], 5, 1)
 
 
 def test_persistent_rejections_are_returned_with_their_error_after_bounded_attempts() -> None:
@@ -189,8 +200,8 @@ def test_a_call_failing_for_a_lasting_reason_stops_at_once_naming_it(error: Exce
     result = writer(client, sleeps, attempts=5).put(records(MAX_RECORDS_PER_CALL + 3))
     assert client.calls == 1  # no retry, and the second chunk is not sent either
     assert sleeps == []
-    assert len(result.failed) == MAX_RECORDS_PER_CALL + 3
-    assert not any(f.retryable for f in result.failed)
+    assert [f.record.source for f in result.failed] == list(range(MAX_RECORDS_PER_CALL + 3))
+    assert all(f.retryable is False for f in result.failed)
     assert result.failed[-1].error.startswith("PutRecords to out failed, not retryable: ")
     assert str(error) in result.failed[-1].error
 

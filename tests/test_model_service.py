@@ -448,6 +448,36 @@ def test_an_event_that_is_not_from_kinesis_is_named(event: Any, streams: Any, mo
         make_service(streams, model, RecordingLog()).handle(event)
 
 
+def test_the_wrong_event_names_its_type_and_first_keys(streams: Any, model: LoadedModel) -> None:
+    event = dict.fromkeys("gfedcba", 1)
+    with pytest.raises(NotAKinesisEventError) as raised:
+        make_service(streams, model, RecordingLog()).handle(event)
+    assert str(raised.value) == (
+        "expected a Kinesis event {\"Records\": [...]}, got dict with keys ['a', 'b', 'c', 'd', 'e']"
+    )
+    with pytest.raises(NotAKinesisEventError) as raised:
+        make_service(streams, model, RecordingLog()).handle([])
+    assert str(raised.value) == 'expected a Kinesis event {"Records": [...]}, got list'
+
+
+def test_a_batch_of_poison_only_makes_no_put_records_call_and_times_its_steps(
+    streams: Any, model: LoadedModel
+) -> None:
+    records = [KinesisRecord.from_raw(r) for r in event_from_payloads([b"not JSON", b"[1]"])["Records"]]
+    result = make_service(streams, model, RecordingLog()).process(records)
+    assert result.put_records_calls == 0
+    assert [(o.outcome, o.reason) for o in result.outcomes] == [
+        (Outcome.DEAD_LETTERED, "data is not JSON: expected ident at line 1 column 2"),
+        (Outcome.DEAD_LETTERED, "invalid ride event: event: Input should be an object"),
+    ]
+    timings = result.timings_ms
+    assert set(timings) == {"decode_ms", "predict_ms", "write_ms", "total_ms"}
+    parts = timings["decode_ms"] + timings["predict_ms"] + timings["write_ms"]
+    assert all(value >= 0 for value in timings.values())
+    assert parts == pytest.approx(timings["total_ms"], rel=1e-9)
+    assert timings["total_ms"] < 60_000  # milliseconds of this batch, not a clock reading
+
+
 def test_an_empty_batch_is_a_success(streams: Any, model: LoadedModel) -> None:
     assert make_service(streams, model, RecordingLog()).handle({"Records": []}) == {"batchItemFailures": []}
 

@@ -164,6 +164,21 @@ def test_a_malformed_lambda_record_is_poison_naming_the_missing_field(
     assert str(raised.value) == f"malformed Lambda record: {reason}"
 
 
+def test_a_malformed_record_keeps_what_it_has_for_its_dead_letter() -> None:
+    arn = "arn:aws:kinesis:us-east-1:123456789012:stream/rides"
+    record = KinesisRecord.from_raw({"eventID": "shardId-000000000000:7", "eventSourceARN": arn})
+    assert (record.event_id, record.event_source_arn) == ("shardId-000000000000:7", arn)
+    assert (record.sequence_number, record.partition_key, record.data) == ("", "", "")
+    bare = KinesisRecord.from_raw({})
+    assert (bare.event_id, bare.event_source_arn, bare.sequence_number, bare.partition_key, bare.data) == (
+        ("", "", "", "", "")
+    )
+    listed = KinesisRecord.from_raw(lambda_record(sequenceNumber="7", data=["e30="]))
+    assert (listed.data, listed.partition_key, listed.event_source_arn) == ("", "", "")
+    # Without a partition key of its own, a dead letter is keyed by the record's sequence number.
+    assert DeadLetter(listed, "malformed").partition_key == "7"
+
+
 def test_a_complete_lambda_record_is_not_malformed() -> None:
     assert record_of(b"{}").malformed is None
 
