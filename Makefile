@@ -62,7 +62,7 @@ bench: setup  ## benchmarks against baselines (moto over HTTP): writes benchmark
 chaos: setup  ## the local pipeline under injected faults, 4 runs of 10,000 rides (~10 min): lost, duplicates
 	$(BIN)/python -m local_aws.chaos $(ARGS)
 
-# Mutants of the stream path's core ([tool.mutmut] in pyproject.toml, docs/testing.md), ~1 h on
+# Mutants of the stream path's core ([tool.mutmut] in pyproject.toml, docs/testing.md), ~2 h on
 # 2 cores. Results are kept in mutants/ between runs: ARGS names mutants to test again (globs,
 # e.g. ARGS='"stream.kinesis_output*"'); rm -rf mutants starts over. Each mutant's tests are a
 # new pytest session, so they share a model trained once (TEST_MODEL_DIR), not one per session.
