@@ -23,7 +23,7 @@ check-python = $(if $(filter $(SUPPORTED_PYTHONS),$(PYTHON_VERSION)),,$(error $(
 export UV_COMPILE_BYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo up test unit deploy-checks integration bench chaos lint actionlint format train lock tool-locks clean
+.PHONY: help setup demo up test unit deploy-checks integration bench chaos mutation lint actionlint format train lock tool-locks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,20 @@ bench: setup  ## benchmarks against baselines (moto over HTTP): writes benchmark
 
 chaos: setup  ## the local pipeline under injected faults, 4 runs of 10,000 rides (~10 min): lost, duplicates
 	$(BIN)/python -m local_aws.chaos $(ARGS)
+
+# Mutants of the stream path's core ([tool.mutmut] in pyproject.toml, docs/testing.md), ~2 h on
+# 2 cores. Results are kept in mutants/ between runs: ARGS names mutants to test again (globs,
+# e.g. ARGS='"stream.kinesis_output*"'); rm -rf mutants starts over. Each mutant's tests are a
+# new pytest session, so they share a model trained once (TEST_MODEL_DIR), not one per session.
+MUTATION_MODEL := mutants/.test-model
+$(MUTATION_MODEL)/MLmodel: uv.lock scripts/train.py | $(VENV)/.installed
+	$(BIN)/python -m scripts.train --synthetic-rides 5000 --export-dir $(MUTATION_MODEL) \
+		--tracking-uri sqlite:///$(CURDIR)/mutants/.test-mlflow/mlflow.db \
+		--artifact-location $(CURDIR)/mutants/.test-mlflow/artifacts
+
+mutation: setup $(MUTATION_MODEL)/MLmodel  ## mutation testing of the stream path's core modules (slow: not in make test)
+	TEST_MODEL_DIR=$(CURDIR)/$(MUTATION_MODEL) $(BIN)/mutmut run $(ARGS)
+	$(BIN)/python -m scripts.mutation_score
 
 lint: setup  ## ruff check and format check, mypy (strict: [tool.mypy] in pyproject.toml), actionlint
 	$(BIN)/ruff check .
@@ -111,7 +125,7 @@ tool-locks: | $(UV)  ## re-pin tools/*.txt (checkov, actionlint) from tools/*.in
 	done
 
 clean:  ## remove the virtualenvs, MLflow store, exported model and packages
-	rm -rf .venv .venv-3.* .tools .mlflow model data build .local-aws .bench .pytest_cache .ruff_cache
+	rm -rf .venv .venv-3.* .tools .mlflow model data build .local-aws .bench .pytest_cache .ruff_cache mutants
 
 # --- Deploy to AWS (docs/deploy.md): STAGE names the stack, ride-duration-$(STAGE) ---
 STAGE ?= dev

@@ -75,7 +75,13 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
 
 
 @pytest.fixture(scope="session")
-def model_dir(trained_model: TrainedModel) -> Path:
+def model_dir(request: pytest.FixtureRequest) -> Path:
+    """The trained model's directory. TEST_MODEL_DIR names one trained before by the same script
+    (`make mutation` does): each mutant is tested in a new pytest session, and training takes
+    about 15 s of each session here."""
+    if pretrained := os.environ.get("TEST_MODEL_DIR"):
+        return Path(pretrained)
+    trained_model: TrainedModel = request.getfixturevalue("trained_model")
     assert trained_model.export_dir is not None
     return trained_model.export_dir
 

@@ -124,9 +124,11 @@ class FakeKinesis:
                 index = sum(1 for n in numbers if n < int(str(StartingSequenceNumber)))
             elif ShardIteratorType == "AFTER_SEQUENCE_NUMBER":
                 index = sum(1 for n in numbers if n <= int(str(StartingSequenceNumber)))
-            else:
+            elif ShardIteratorType == "AT_TIMESTAMP":
                 stamps = [r["ApproximateArrivalTimestamp"].timestamp() for r in records]
                 index = sum(1 for stamp in stamps if stamp < float(Timestamp or 0))
+            else:  # as Kinesis does: an InvalidArgumentException
+                raise ValueError(f"ShardIteratorType {ShardIteratorType!r} is not a shard iterator type")
             return {"ShardIterator": self._issue(ShardId, index)}
 
     def get_records(self, ShardIterator: str, Limit: int = 10_000) -> dict[str, Any]:  # noqa: N803

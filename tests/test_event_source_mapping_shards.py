@@ -192,10 +192,11 @@ def test_a_merged_child_waits_for_both_parents() -> None:
     first, second = sorted(kinesis.shards)
     for n in range(3):
         kinesis.put(first, f"first/{n}")
+    for n in range(20):  # the adjacent parent ends long after the first one
         kinesis.put(second, f"second/{n}")
     child = kinesis.merge(first, second)
     kinesis.put(child, "child/0")
-    function = Recorder(expected=7, delay=0.01)
+    function = Recorder(expected=24, delay=0.01)
     run_mapping(kinesis, function, BatchSize=1)
     assert function.delivered[-1] == "child/0"
 

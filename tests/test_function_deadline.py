@@ -18,7 +18,7 @@ import pytest
 
 from local_aws.fault_proxy import FaultProxy, Faults
 from local_aws.kinesis_events import event_from_payloads
-from model_service import BatchRetryError, KinesisDeadLetters, ModelService, build_service
+from model_service import BatchRetryError, KinesisDeadLetters, LoggedDeadLetters, ModelService, build_service
 from stream.settings import Settings
 from tests.conftest import FakeLambdaContext, RecordingLog, create_stream, read_stream
 
@@ -162,11 +162,22 @@ def test_the_function_is_wired_with_the_configured_margin_memory_and_bounded_cli
         DEAD_LETTER_STREAM_NAME="dlq",
         DEADLINE_SAFETY_MARGIN_MS="2500",
         REDELIVERY_MEMORY_SIZE="7",
+        PUT_RECORDS_MAX_ATTEMPTS="9",
     )
     assert service.safety_margin_s == 2.5
     assert service.memory.size == 7
     dead_letters = service.dead_letters
     assert isinstance(dead_letters, KinesisDeadLetters)
+    assert service.predictions.policy.max_attempts == dead_letters.writer.policy.max_attempts == 9
+    assert dead_letters.too_big.log is service.log  # a letter too big for Kinesis: in the function's log
     assert service.predictions.clients is not None
     assert dead_letters.writer.clients is service.predictions.clients  # one set of clients
     assert service.predictions.client is service.predictions.clients.default
+
+
+def test_without_a_dead_letter_stream_the_function_logs_its_dead_letters(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    service = function(model_dir, tmp_path)
+    assert isinstance(service.dead_letters, LoggedDeadLetters)
+    assert service.dead_letters.log is service.log

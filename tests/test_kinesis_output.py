@@ -41,6 +41,19 @@ def test_chunks_respect_the_5_mib_limit() -> None:
     assert [len(c) for c in chunks] == [5, 5, 2]
 
 
+def test_the_partition_keys_bytes_count_toward_the_5_mib_of_a_call() -> None:
+    # Six records of 873,400 data bytes fit in one call's 5 MiB (5,240,400 bytes) on their own;
+    # with a 256-character key of 2-byte characters each (512 bytes, 5,243,472 in all) only five
+    # do. Counting the key's characters instead of its bytes would let six through too.
+    keyed = [OutputRecord(b"x" * 873_400, "é" * MAX_PARTITION_KEY_CHARS, i) for i in range(12)]
+    assert 6 * 873_400 <= MAX_BYTES_PER_CALL < 6 * (873_400 + 512)
+
+    chunks = list(chunk_records(keyed))
+
+    assert [len(c) for c in chunks] == [5, 5, 2]
+    assert [r.source for c in chunks for r in c] == list(range(12))
+
+
 class ScriptedKinesis:
     """PutRecords that rejects the entries a script names, per call, and records each call."""
 
@@ -79,7 +92,18 @@ def test_only_rejected_entries_are_resent_until_accepted() -> None:
     assert sorted(r.partition_key for r in result.written) == sorted(client.stored)
     assert result.failed == []
     assert result.calls == 3
-    assert len(sleeps) == 2
+    policy, rng = RetryPolicy(max_attempts=4, base_delay=0.1, max_delay=0.25), random.Random(7)
+    assert sleeps == [policy.delay(1, rng), policy.delay(2, rng)]  # retry 1, then retry 2
+
+
+def test_records_of_exactly_the_limits_go_whole_and_together() -> None:
+    # Five entries of exactly 1 MiB with their keys: each may be sent, and all five in one call.
+    exact = [OutputRecord(b"x" * (MAX_BYTES_PER_RECORD - 2), f"k{i}", i) for i in range(5)]
+    assert sum(r.size for r in exact) == MAX_BYTES_PER_CALL
+    assert [len(c) for c in chunk_records(exact)] == [5]
+    client = ScriptedKinesis([])
+    result = writer(client, []).put(exact)
+    assert (result.refused, len(result.written), result.calls) == ([], 5, 1)
 
 
 def test_persistent_rejections_are_returned_with_their_error_after_bounded_attempts() -> None:
@@ -88,8 +112,21 @@ def test_persistent_rejections_are_returned_with_their_error_after_bounded_attem
     result = writer(client, sleeps, attempts=4).put(records(3))
     assert len(client.calls) == 4
     assert [f.record.partition_key for f in result.failed] == ["k2"]
-    assert result.failed[0].error.startswith("ProvisionedThroughputExceededException")
+    assert result.failed[0].error == "ProvisionedThroughputExceededException: Rate exceeded"
     assert sorted(r.partition_key for r in result.written) == ["k0", "k1"]
+
+
+class FailsEntriesWithoutAMessage:
+    def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        return {
+            "FailedRecordCount": len(Records),
+            "Records": [{"ErrorCode": "InternalFailure"} for _ in Records],
+        }
+
+
+def test_a_rejected_entry_without_a_message_is_named_by_its_code() -> None:
+    result = writer(FailsEntriesWithoutAMessage(), [], attempts=1).put(records(1))
+    assert [f.error for f in result.failed] == ["InternalFailure"]
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
@@ -130,6 +167,7 @@ def client_error(code: str, status: int) -> ClientError:
         client_error("ThrottlingException", 400),
         client_error("KMSThrottlingException", 400),
         client_error("InternalFailure", 500),
+        client_error("InternalServerError", 500),  # any 5xx, whatever its code
         client_error("ServiceUnavailable", 503),
         client_error("502", 502),
     ],
@@ -162,8 +200,8 @@ def test_a_call_failing_for_a_lasting_reason_stops_at_once_naming_it(error: Exce
     result = writer(client, sleeps, attempts=5).put(records(MAX_RECORDS_PER_CALL + 3))
     assert client.calls == 1  # no retry, and the second chunk is not sent either
     assert sleeps == []
-    assert len(result.failed) == MAX_RECORDS_PER_CALL + 3
-    assert not any(f.retryable for f in result.failed)
+    assert [f.record.source for f in result.failed] == list(range(MAX_RECORDS_PER_CALL + 3))
+    assert all(f.retryable is False for f in result.failed)
     assert result.failed[-1].error.startswith("PutRecords to out failed, not retryable: ")
     assert str(error) in result.failed[-1].error
 
@@ -226,7 +264,11 @@ def test_entries_over_kinesis_limits_are_refused_and_their_neighbours_written(ki
     too_big = OutputRecord(b"x" * (MAX_BYTES_PER_RECORD - 1), "ab", "too big")
     no_key = OutputRecord(b"{}", "", "no key")
     long_key = OutputRecord(b"{}", "k" * (MAX_PARTITION_KEY_CHARS + 1), "long key")
-    result = KinesisStreamWriter(kinesis, "out").put([good[0], too_big, good[1], no_key, long_key, good[2]])
+    # Its key is as long as a key may be: only its size is wrong.
+    big_keyed = OutputRecord(b"x" * (MAX_BYTES_PER_RECORD - 200), "k" * MAX_PARTITION_KEY_CHARS, "big")
+    result = KinesisStreamWriter(kinesis, "out").put(
+        [good[0], too_big, good[1], no_key, long_key, big_keyed, good[2]]
+    )
     assert result.calls == 1
     assert result.failed == []
     assert sorted(r["n"] for r in read_stream(kinesis, "out")) == [0, 1, 2]
@@ -234,6 +276,7 @@ def test_entries_over_kinesis_limits_are_refused_and_their_neighbours_written(ki
         "too big": "output record is 1,048,577 bytes with its partition key, over Kinesis's 1,048,576-byte limit",
         "no key": "output partition key is 0 characters long, Kinesis takes 1-256",
         "long key": "output partition key is 257 characters long, Kinesis takes 1-256",
+        "big": "output record is 1,048,632 bytes with its partition key, over Kinesis's 1,048,576-byte limit",
     }
     assert not any(f.retryable for f in result.refused)
 

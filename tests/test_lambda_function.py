@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,9 @@ def import_function(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         sys.modules.pop("lambda_function", None)
+        # A new container has no logger yet. Powertools keeps one per service name, writing to
+        # the stdout of when it was made: an earlier test's captured output, in any order.
+        logging.Logger.manager.loggerDict.pop("ride-duration-prediction", None)
         return importlib.import_module("lambda_function")
 
     yield do_import
@@ -64,9 +69,20 @@ def test_handler_turns_a_course_event_into_a_course_prediction(
         1,
         0,
     )
+    assert (summary["kinesis_records"], summary["skipped_as_duplicate"], summary["put_records_calls"]) == (
+        2,
+        0,
+        1,
+    )
     assert summary["function_request_id"] == FakeLambdaContext.aws_request_id
     [loaded] = [entry for entry in logs if entry.get("message") == "model loaded"]
     assert loaded["model_uri"] == str(model_dir)
+    assert loaded["model_version"] == prediction["version"]
+    assert loaded["flavor"] == "sklearn/pickle"
+    assert loaded["features"] == function.service.model.features.describe()
+    assert re.fullmatch(r"passed on \d+ .+", loaded["self_test"])
+    timings = {name: loaded[name] for name in ("fetch_s", "deserialise_s", "contract_s", "self_test_s")}
+    assert all(value == round(value, 4) for value in timings.values())
 
 
 def test_init_fails_naming_the_model_uri_when_the_model_cannot_load(

@@ -74,6 +74,20 @@ def test_s3_cache_is_refreshed_when_the_objects_change(s3: Any, model_dir: Path,
     assert (second.local_dir / "README.txt").read_bytes() == b"changed"
 
 
+def test_s3_cache_sees_an_object_overwritten_with_as_many_bytes(
+    s3: Any, model_dir: Path, tmp_path: Path
+) -> None:
+    upload_dir(s3, model_dir, "models", "m")
+    s3.put_object(Bucket="models", Key="m/README.txt", Body=b"version 1")
+    first = load_model("s3://models/m", tmp_path, lambda: s3)
+    s3.put_object(Bucket="models", Key="m/README.txt", Body=b"version 2")  # same key, same size
+
+    second = load_model("s3://models/m", tmp_path, lambda: s3)
+
+    assert second.local_dir != first.local_dir
+    assert (second.local_dir / "README.txt").read_bytes() == b"version 2"
+
+
 @pytest.fixture
 def s3_over_http(moto_server: str) -> Any:
     """A bucket on a real moto server: keys travel over HTTP as S3 would send them."""

@@ -37,7 +37,7 @@ from tests.conftest import RecordingLog, create_stream, read_stream
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
 
 
-def ride(ride_id: int, pickup: int = 130, dropoff: int = 205, distance: float = 3.66) -> bytes:
+def ride(ride_id: int | str, pickup: int = 130, dropoff: int = 205, distance: float = 3.66) -> bytes:
     return json.dumps(
         {
             "ride": {"PULocationID": pickup, "DOLocationID": dropoff, "trip_distance": distance},
@@ -135,8 +135,14 @@ def test_course_format_in_course_format_out(streams: Any, model: LoadedModel) ->
     assert prediction["model_uri"] == model.info.uri
 
 
+# A ride's base64 with one stray character: only a lax decoder (one that skips what is not
+# base64) would read it.
+LAX_BASE64 = base64.b64encode(ride(9005)).decode()[:8] + "!" + base64.b64encode(ride(9005)).decode()[8:]
+# Data that is no producer's bytes in base64: set on the record itself (see mixed_event).
+RAW_DATA = {"not base64": "%%% not base64 %%%", "base64 only a lax decoder reads": LAX_BASE64}
 POISON = {
-    "not base64": None,  # set on the record below
+    "not base64": None,
+    "base64 only a lax decoder reads": None,
     "not UTF-8": b"\xc3\x28 broken",
     "not JSON": b"Hello, this is a test.",
     "JSON but not an object": b"[130, 205, 3.66]",
@@ -144,6 +150,7 @@ POISON = {
         {"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": 1}}
     ).encode(),
     "zone id not positive": ride(9001, pickup=-4),
+    "drop-off zone 0": ride(9006, dropoff=0),
     "distance not finite": b'{"ride": {"PULocationID": 1, "DOLocationID": 2, "trip_distance": NaN}, "ride_id": 9002}',
     "distance negative": ride(9003, distance=-0.5),
     "distance as text": json.dumps(
@@ -152,11 +159,13 @@ POISON = {
 }
 EXPECTED_REASONS = {
     "not base64": "data is not valid base64",
+    "base64 only a lax decoder reads": "data is not valid base64: Only base64 data is allowed",
     "not UTF-8": "data is not UTF-8",
     "not JSON": "data is not JSON",
     "JSON but not an object": "invalid ride event: event: Input should be an object",
     "missing ride_id": "invalid ride event: ride_id: Field required",
     "zone id not positive": "invalid ride event: ride.PULocationID: Input should be greater than 0",
+    "drop-off zone 0": "invalid ride event: ride.DOLocationID: Input should be greater than 0",
     "distance not finite": "invalid ride event: ride.trip_distance: Input should be a finite number",
     "distance negative": "invalid ride event: ride.trip_distance: Input should be greater than or equal to 0",
     "distance as text": "invalid ride event: ride.trip_distance: Input should be a valid number",
@@ -175,8 +184,8 @@ def mixed_event() -> tuple[dict[str, Any], dict[str, str]]:
     by_sequence = {}
     for position, kind in kinds.items():
         record = event["Records"][position]
-        if kind == "not base64":
-            record["kinesis"]["data"] = "%%% not base64 %%%"
+        if kind in RAW_DATA:
+            record["kinesis"]["data"] = RAW_DATA[kind]
         by_sequence[record["kinesis"]["sequenceNumber"]] = kind
     return event, by_sequence
 
@@ -202,7 +211,31 @@ def test_poison_records_are_dead_lettered_with_reasons_and_never_retried(
         assert letter["data"] == original["kinesis"]["data"]
         assert letter["source"]["shard_id"] == "shardId-000000000000"
     [summary] = log.find("batch processed")
-    assert (summary["predicted"], summary["dead_lettered"], summary["retryable"]) == (9, 9, 0)
+    assert (summary["predicted"], summary["dead_lettered"], summary["retryable"]) == (
+        len(POISON),
+        len(POISON),
+        0,
+    )
+
+
+def test_a_ride_id_as_long_as_a_partition_key_may_be_keys_its_prediction(
+    streams: Any, model: LoadedModel
+) -> None:
+    keys: list[str] = []
+    streams.meta.events.register(
+        "provide-client-params.kinesis.PutRecords",
+        lambda params, **_: keys.extend(r["PartitionKey"] for r in params["Records"]),
+    )
+    longest, too_long = "r" * 256, "r" * 257
+    event = event_from_payloads([ride(longest), ride(too_long)])
+
+    assert make_service(streams, model, RecordingLog()).handle(event) == {"batchItemFailures": []}
+
+    assert [p["prediction"]["ride_id"] for p in read_stream(streams, "ride_predictions")] == [longest]
+    [letter] = read_stream(streams, "dead_letters")
+    assert letter["reason"] == "invalid ride event: ride_id: must be 1-256 characters long as text"
+    # The prediction is keyed by its ride id; the dead letter by its input record's key.
+    assert keys == [longest, event["Records"][1]["kinesis"]["partitionKey"]]
 
 
 def test_without_a_dead_letter_stream_poison_is_logged_at_error_with_its_data(
@@ -403,7 +436,7 @@ def test_every_record_has_exactly_one_outcome(streams: Any, model: LoadedModel) 
     seen = Counter(o.record.sequence_number for o in result.outcomes)
     assert seen == Counter(r["kinesis"]["sequenceNumber"] for r in records)
     assert Counter(o.outcome for o in result.outcomes) == {
-        Outcome.PREDICTED: 7,
+        Outcome.PREDICTED: len(POISON) - len(stuck),
         Outcome.RETRY: 2,
         Outcome.DEAD_LETTERED: len(poison),
     }
@@ -413,6 +446,36 @@ def test_every_record_has_exactly_one_outcome(streams: Any, model: LoadedModel) 
 def test_an_event_that_is_not_from_kinesis_is_named(event: Any, streams: Any, model: LoadedModel) -> None:
     with pytest.raises(NotAKinesisEventError, match=r"expected a Kinesis event \{"):
         make_service(streams, model, RecordingLog()).handle(event)
+
+
+def test_the_wrong_event_names_its_type_and_first_keys(streams: Any, model: LoadedModel) -> None:
+    event = dict.fromkeys("gfedcba", 1)
+    with pytest.raises(NotAKinesisEventError) as raised:
+        make_service(streams, model, RecordingLog()).handle(event)
+    assert str(raised.value) == (
+        "expected a Kinesis event {\"Records\": [...]}, got dict with keys ['a', 'b', 'c', 'd', 'e']"
+    )
+    with pytest.raises(NotAKinesisEventError) as raised:
+        make_service(streams, model, RecordingLog()).handle([])
+    assert str(raised.value) == 'expected a Kinesis event {"Records": [...]}, got list'
+
+
+def test_a_batch_of_poison_only_makes_no_put_records_call_and_times_its_steps(
+    streams: Any, model: LoadedModel
+) -> None:
+    records = [KinesisRecord.from_raw(r) for r in event_from_payloads([b"not JSON", b"[1]"])["Records"]]
+    result = make_service(streams, model, RecordingLog()).process(records)
+    assert result.put_records_calls == 0
+    assert [(o.outcome, o.reason) for o in result.outcomes] == [
+        (Outcome.DEAD_LETTERED, "data is not JSON: expected ident at line 1 column 2"),
+        (Outcome.DEAD_LETTERED, "invalid ride event: event: Input should be an object"),
+    ]
+    timings = result.timings_ms
+    assert set(timings) == {"decode_ms", "predict_ms", "write_ms", "total_ms"}
+    parts = timings["decode_ms"] + timings["predict_ms"] + timings["write_ms"]
+    assert all(value >= 0 for value in timings.values())
+    assert parts == pytest.approx(timings["total_ms"], rel=1e-9)
+    assert timings["total_ms"] < 60_000  # milliseconds of this batch, not a clock reading
 
 
 def test_an_empty_batch_is_a_success(streams: Any, model: LoadedModel) -> None:

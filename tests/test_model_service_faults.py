@@ -99,8 +99,32 @@ def test_a_model_that_fails_on_every_ride_fails_the_function_and_writes_nothing(
 
     assert read_stream(streams, "ride_predictions") == []
     assert read_stream(streams, "dead_letters") == []  # not even the poison record: all is retried
-    [failure] = [extra for level, msg, extra in log.entries if level == "ERROR"]
+    [(message, failure)] = [(msg, extra) for level, msg, extra in log.entries if level == "ERROR"]
+    assert message == "model failed on every ride: nothing written"
     assert failure["rides"] == 50
+    [reason] = failure["errors"]
+    assert re.match(error, reason)
+
+
+class RaisesNamingTheZone:
+    def predict(self, features: list[dict[str, Any]]) -> Any:
+        raise ValueError(f"cannot score {features[0]['PU_DO']}")
+
+
+def test_the_log_of_a_broken_model_names_its_three_most_frequent_errors(
+    streams: Any, model: LoadedModel
+) -> None:
+    log = RecordingLog()
+    service = service_with(streams, replace(model, predictor=RaisesNamingTheZone()), log)
+    rides = [ride(i, pickup=zone) for i, zone in enumerate([1, 1, 1, 2, 2, 3, 4])]
+    with pytest.raises(ModelFailureError):
+        service.handle(event_from_payloads(rides))
+    [failure] = log.find("model failed on every ride: nothing written")
+    assert failure["errors"] == {
+        "model failed on this ride: ValueError: cannot score 1_205": 3,
+        "model failed on this ride: ValueError: cannot score 2_205": 2,
+        "model failed on this ride: ValueError: cannot score 3_205": 1,
+    }
 
 
 def test_a_one_ride_batch_the_model_fails_on_is_a_function_error(streams: Any, model: LoadedModel) -> None:
@@ -129,7 +153,7 @@ def test_rides_the_model_fails_on_beside_predicted_ones_are_dead_lettered_and_lo
         "batchItemFailures": []
     }
     assert ride_ids(streams) == [1, 3]
-    [error] = [extra for level, msg, extra in log.entries if level == "ERROR"]
+    [error] = log.find("model failed on some rides: dead-lettered")
     assert error == {
         "rides": 3,
         "failed": 1,
@@ -185,6 +209,21 @@ def test_a_write_no_retry_cures_raises_naming_it_even_when_predictions_were_writ
         service.handle(event_from_payloads([ride(1), HELLO, ride(2)]))
     assert ride_ids(kinesis) == [1, 2]
     assert len(calls) == 2  # one for the predictions, one for the dead letter: no retries
+
+
+def test_a_record_to_retry_without_a_sequence_number_fails_the_whole_batch(
+    streams: Any, model: LoadedModel
+) -> None:
+    # Lambda reads an empty itemIdentifier as "the whole batch failed": say so by raising.
+    dead_letters_throttled = ThrottlingKinesis(streams, lambda stream, _d, _a: stream == "dead_letters")
+    service = service_with(streams, model, RecordingLog(), dead_letter_client=dead_letters_throttled)
+    event = event_from_payloads([ride(1), ride(2)])
+    del event["Records"][1]["kinesis"]["sequenceNumber"]  # poison, and its dead letter is not stored
+
+    with pytest.raises(BatchRetryError, match=r"1 of 2 records failed: dead letter not stored: Provisioned"):
+        service.handle(event)
+
+    assert ride_ids(streams) == [1]
 
 
 # -- entries Kinesis would refuse -----------------------------------------------------------------

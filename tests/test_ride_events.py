@@ -7,6 +7,7 @@ import pytest
 from local_aws.kinesis_events import event_from_payloads
 from stream.ride_events import (
     MAX_DEAD_LETTER_DATA_CHARS,
+    MAX_PARTITION_KEY_LENGTH,
     MAX_TRIP_DISTANCE_MILES,
     MAX_ZONE_ID,
     DeadLetter,
@@ -24,6 +25,10 @@ from stream.ride_events import (
 COURSE_RIDE = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 256}
 
 
+_COURSE_RIDE_BASE64 = base64.b64encode(json.dumps(COURSE_RIDE).encode()).decode()
+LAX_BASE64 = _COURSE_RIDE_BASE64[:8] + "!" + _COURSE_RIDE_BASE64[8:]
+
+
 def record_of(payload: bytes) -> KinesisRecord:
     return KinesisRecord.from_raw(event_from_payloads([payload])["Records"][0])
 
@@ -32,6 +37,14 @@ def test_course_format_decodes() -> None:
     event = decode_ride_event(record_of(json.dumps(COURSE_RIDE).encode()))
     assert (event.ride.PULocationID, event.ride.DOLocationID, event.ride.trip_distance) == (130, 205, 3.66)
     assert event.ride_id == 256
+
+
+def test_a_ride_id_as_long_as_a_partition_key_may_be_is_accepted_and_keys_the_prediction() -> None:
+    ride_id = "r" * MAX_PARTITION_KEY_LENGTH
+    event = decode_ride_event(record_of(json.dumps({**COURSE_RIDE, "ride_id": ride_id}).encode()))
+    model = ModelInfo(uri="models:/ride-duration/3", version="3", run_id="abc")
+    assert event.ride_id == ride_id
+    assert PredictionEvent(event.ride_id, 21.3, model, {}).partition_key == ride_id
 
 
 def test_extra_fields_are_ignored_and_string_ids_kept() -> None:
@@ -47,9 +60,14 @@ def test_extra_fields_are_ignored_and_string_ids_kept() -> None:
     [
         ("not base64 at all!", "data is not valid base64"),
         (base64.b64encode(b"\xff\xfe\x00").decode(), "data is not UTF-8: byte 0xff at offset 0"),
-        (base64.b64encode(b"Hello, this is a test.").decode(), "data is not JSON"),
+        (
+            base64.b64encode(b"Hello, this is a test.").decode(),
+            "^data is not JSON: expected value at line 1 column 1$",
+        ),
         (base64.b64encode(b"[1, 2]").decode(), "invalid ride event: event: Input should be an object"),
         (base64.b64encode(b"").decode(), "data is not JSON"),
+        # Valid but for one stray character, which a lax decoder would skip over.
+        (LAX_BASE64, "data is not valid base64: Only base64 data is allowed"),
     ],
 )
 def test_undecodable_data_names_the_step_that_failed(data: str, reason: str) -> None:
@@ -71,6 +89,10 @@ def test_undecodable_data_names_the_step_that_failed(data: str, reason: str) -> 
         (
             {"ride": {**COURSE_RIDE["ride"], "PULocationID": 0}},
             "ride.PULocationID: Input should be greater than 0",
+        ),
+        (
+            {"ride": {**COURSE_RIDE["ride"], "DOLocationID": 0}},
+            "ride.DOLocationID: Input should be greater than 0",
         ),
         (
             {"ride": {**COURSE_RIDE["ride"], "DOLocationID": "205"}},
@@ -142,6 +164,21 @@ def test_a_malformed_lambda_record_is_poison_naming_the_missing_field(
     assert str(raised.value) == f"malformed Lambda record: {reason}"
 
 
+def test_a_malformed_record_keeps_what_it_has_for_its_dead_letter() -> None:
+    arn = "arn:aws:kinesis:us-east-1:123456789012:stream/rides"
+    record = KinesisRecord.from_raw({"eventID": "shardId-000000000000:7", "eventSourceARN": arn})
+    assert (record.event_id, record.event_source_arn) == ("shardId-000000000000:7", arn)
+    assert (record.sequence_number, record.partition_key, record.data) == ("", "", "")
+    bare = KinesisRecord.from_raw({})
+    assert (bare.event_id, bare.event_source_arn, bare.sequence_number, bare.partition_key, bare.data) == (
+        ("", "", "", "", "")
+    )
+    listed = KinesisRecord.from_raw(lambda_record(sequenceNumber="7", data=["e30="]))
+    assert (listed.data, listed.partition_key, listed.event_source_arn) == ("", "", "")
+    # Without a partition key of its own, a dead letter is keyed by the record's sequence number.
+    assert DeadLetter(listed, "malformed").partition_key == "7"
+
+
 def test_a_complete_lambda_record_is_not_malformed() -> None:
     assert record_of(b"{}").malformed is None
 
@@ -170,6 +207,15 @@ def test_dead_letter_keeps_raw_data_reason_and_position() -> None:
     assert letter["source"]["sequence_number"] == record.sequence_number
     assert letter["source"]["shard_id"] == "shardId-000000000000"
     assert letter["partition_key"] == "key-0"
+    assert letter["approximate_arrival_timestamp"] == record.approximate_arrival_timestamp > 0
+
+
+def test_dead_letter_data_is_cut_only_past_the_limit() -> None:
+    letter = DeadLetter(record_of(b"Hello, this is a test."), "data is not JSON")
+    whole = letter.to_dict(max_data_chars=len(letter.record.data))
+    cut = letter.to_dict(max_data_chars=len(letter.record.data) - 1)
+    assert (whole["data"], whole["data_truncated"]) == (letter.record.data, False)
+    assert (cut["data"], cut["data_truncated"]) == (letter.record.data[:-1], True)
 
 
 def test_dead_letter_of_a_huge_record_fits_in_one_kinesis_record() -> None:

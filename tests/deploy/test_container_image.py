@@ -234,6 +234,7 @@ def test_every_copy_source_exists_and_reaches_the_build_context() -> None:
         ("__pycache__/settings.cpython-311.pyc", True),
         (".venv-3.13/lib/python3.13/site-packages/numpy/__init__.py", True),
         ("build/ride-duration-arm64.zip", True),
+        ("mutants/model_service.py", True),  # make mutation's copies and results
         ("model/MLmodel", False),  # MODEL_DIR=model bakes it in
         ("model/model.pkl", False),
         ("lambda_function.py", False),
