@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib
 import json
 import logging
 import os
@@ -12,9 +13,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import boto3
@@ -338,3 +340,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     server = getattr(item, "funcargs", {}).get("web_server")
     if report.failed and isinstance(server, WebServer):
         report.sections.append(("gunicorn log", server.log()[-10_000:]))
+
+
+@pytest.fixture
+def import_function(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., ModuleType]]:
+    """Import lambda_function afresh, as a new container's init would, with these variables."""
+
+    def do_import(**env: str) -> ModuleType:
+        monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        sys.modules.pop("lambda_function", None)
+        # A new container has no logger yet. Powertools keeps one per service name, writing to
+        # the stdout of when it was made: an earlier test's captured output, in any order.
+        logging.Logger.manager.loggerDict.pop("ride-duration-prediction", None)
+        return importlib.import_module("lambda_function")
+
+    yield do_import
+    sys.modules.pop("lambda_function", None)

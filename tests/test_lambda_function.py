@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import logging
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -19,24 +16,6 @@ from stream.model_loading import ModelLoadError
 from tests.conftest import FakeLambdaContext, create_stream, read_stream
 
 COURSE_RIDE = {"ride": {"PULocationID": 130, "DOLocationID": 205, "trip_distance": 3.66}, "ride_id": 256}
-
-
-@pytest.fixture
-def import_function(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., ModuleType]:
-    """Import lambda_function afresh, as a new container's init would, with these variables."""
-
-    def do_import(**env: str) -> ModuleType:
-        monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        sys.modules.pop("lambda_function", None)
-        # A new container has no logger yet. Powertools keeps one per service name, writing to
-        # the stdout of when it was made: an earlier test's captured output, in any order.
-        logging.Logger.manager.loggerDict.pop("ride-duration-prediction", None)
-        return importlib.import_module("lambda_function")
-
-    yield do_import
-    sys.modules.pop("lambda_function", None)
 
 
 def test_handler_turns_a_course_event_into_a_course_prediction(

@@ -4,11 +4,9 @@ streams hold; the local reader of a function log (local_aws/metrics.py)."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,19 +46,6 @@ def value(document: dict[str, Any], name: str) -> float:
 @pytest.fixture(scope="module")
 def model(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     return load_model(str(model_dir), tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture
-def import_function(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[..., ModuleType]]:
-    def do_import(**env: str) -> ModuleType:
-        monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))
-        for name, setting in env.items():
-            monkeypatch.setenv(name, setting)
-        sys.modules.pop("lambda_function", None)
-        return importlib.import_module("lambda_function")
-
-    yield do_import
-    sys.modules.pop("lambda_function", None)
 
 
 def test_each_invocation_writes_one_valid_emf_document_with_every_metric(
